@@ -1,0 +1,246 @@
+"""Distributions with one API: `mode()`, `sample()`, `log_prob(x)`, `entropy()`, `kl(other)`, `mean()`.
+
+Heads return these objects; losses call `log_prob` and never touch raw logits. Batch dims are
+arbitrary; the event dims are stated per class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nets.functional import symexp, symlog
+
+LOG_2PI = math.log(2.0 * math.pi)
+TWOHOT_SPACES = ("raw", "symlog")
+# Range of the two-hot bins in symlog space (reference: linspace(-20, 20)).
+BINS_LOW, BINS_HIGH = -20.0, 20.0
+
+
+def _sum_last(x: torch.Tensor, dims: int) -> torch.Tensor:
+    return x.sum(tuple(range(-dims, 0))) if dims else x
+
+
+class OneHotCategorical:
+    """Categorical over the last dim with a uniform mixture (`unimix`) and straight-through one-hots.
+
+    logits: [..., K]. `probs = (1 - unimix) * softmax(logits) + unimix / K`; `.logits` are log(probs).
+    Samples and modes are one-hot [..., K] with gradient `probs - sg(probs)` (straight-through).
+    """
+
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
+        if unimix > 0.0:
+            probs = F.softmax(logits, -1)
+            probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
+            self.probs, self.logits = probs, torch.log(probs)
+        else:
+            self.logits = F.log_softmax(logits, -1)
+            self.probs = self.logits.exp()
+        self.classes = logits.shape[-1]
+
+    def _straight_through(self, index: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(index, self.classes).to(self.probs.dtype)
+        return onehot + self.probs - self.probs.detach()
+
+    def sample(self) -> torch.Tensor:
+        """One-hot sample [..., K] by the Gumbel-max trick, straight-through gradient."""
+        u = torch.rand_like(self.logits).clamp_(torch.finfo(self.logits.dtype).tiny, 1.0)
+        return self._straight_through((self.logits - torch.log(-torch.log(u))).argmax(-1))
+
+    def mode(self) -> torch.Tensor:
+        return self._straight_through(self.logits.argmax(-1))
+
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
+        """onehot: [..., K] -> [...]."""
+        return (self.logits * onehot).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.logits).sum(-1)
+
+    def kl(self, other: OneHotCategorical) -> torch.Tensor:
+        """KL(self || other) in closed form, [...]."""
+        return (self.probs * (self.logits - other.logits)).sum(-1)
+
+
+class DiagNormal:
+    """Diagonal Normal; `log_prob`, `entropy` and `kl` sum over the last `event_dims` dims."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor | float, event_dims: int = 1):
+        self.loc = mean
+        self.std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device).expand_as(mean)
+        self.event_dims = event_dims
+
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def mode(self) -> torch.Tensor:
+        return self.loc
+
+    def sample(self) -> torch.Tensor:
+        """Reparameterized sample mean + std * eps."""
+        return self.loc + self.std * torch.randn_like(self.loc)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.loc) / self.std
+        return _sum_last(-0.5 * z.square() - torch.log(self.std) - 0.5 * LOG_2PI, self.event_dims)
+
+    def entropy(self) -> torch.Tensor:
+        return _sum_last(torch.log(self.std) + 0.5 * (LOG_2PI + 1.0), self.event_dims)
+
+    def kl(self, other: DiagNormal) -> torch.Tensor:
+        """KL(self || other) in closed form."""
+        var_ratio = (self.std / other.std).square()
+        mahal = ((self.loc - other.loc) / other.std).square()
+        return _sum_last(0.5 * (var_ratio + mahal - 1.0 - torch.log(var_ratio)), self.event_dims)
+
+
+class BoundedNormal(DiagNormal):
+    """The continuous actor (v2): mean = tanh(x_mean), std = (max - min) * sigmoid(x_std + 2) + min.
+
+    x_mean, x_std: [..., A]; log_prob and entropy sum over A. Samples are not clipped.
+    """
+
+    def __init__(self, x_mean: torch.Tensor, x_std: torch.Tensor, min_std: float = 0.1, max_std: float = 1.0):
+        std = (max_std - min_std) * torch.sigmoid(x_std + 2.0) + min_std
+        super().__init__(torch.tanh(x_mean), std, event_dims=1)
+
+
+def symexp_bins(n: int) -> torch.Tensor:
+    """v2 two-hot bins: symexp(linspace(-20, 20, n)), exactly antisymmetric (0 is a bin when n is odd)."""
+    return symexp(symlog_bins(n))
+
+
+def symlog_bins(n: int) -> torch.Tensor:
+    """v1 two-hot bins: linspace(-20, 20, n) in symlog space, exactly antisymmetric."""
+    bins = torch.linspace(BINS_LOW, BINS_HIGH, n, dtype=torch.float64)
+    return ((bins - bins.flip(0)) / 2).float()
+
+
+def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Encode x: [...] as weights [..., N] on the two nearest bins (linear interpolation).
+
+    Weights sum to 1 and `(weights * bins).sum(-1) == x` inside the bin range; outside it all weight
+    goes to the nearest end bin.
+    """
+    n = bins.shape[0]
+    x = x.to(bins.dtype)
+    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, n - 1)
+    above = (below + 1).clamp(0, n - 1)
+    lo, hi = bins[below], bins[above]
+    span = hi - lo
+    equal = span == 0
+    w_above = torch.where(equal, torch.zeros_like(x), ((x - lo) / torch.where(equal, 1.0, span)).clamp(0, 1))
+    w_below = 1.0 - w_above
+    out = torch.zeros(*x.shape, n, dtype=bins.dtype, device=bins.device)
+    out.scatter_add_(-1, below.unsqueeze(-1), w_below.unsqueeze(-1))
+    out.scatter_add_(-1, above.unsqueeze(-1), w_above.unsqueeze(-1))
+    return out
+
+
+class TwoHot:
+    """Categorical over bins, read as a real value: the reward and value heads.
+
+    logits: [..., N]; bins: [N]. space "raw" (v2): bins are symexp-spaced values and targets are
+    encoded as they are; "symlog" (v1): bins are linear in symlog space, targets are symlog(x) and the
+    prediction is symexp(sum p * b). `log_prob(x)` (x: [...]) is the two-hot cross-entropy, i.e. the
+    log-likelihood of the target's bin assignment (a proper categorical log-probability when x is a bin).
+    """
+
+    def __init__(self, logits: torch.Tensor, bins: torch.Tensor, space: str = "raw"):
+        if space not in TWOHOT_SPACES:
+            raise ValueError(f"TwoHot space must be one of {TWOHOT_SPACES}; got {space!r}")
+        if logits.shape[-1] != bins.shape[0]:
+            raise ValueError(f"TwoHot: {logits.shape[-1]} logits for {bins.shape[0]} bins")
+        self.logits = F.log_softmax(logits, -1)
+        self.probs = self.logits.exp()
+        self.bins = bins.to(logits.device, logits.dtype)
+        self.space = space
+
+    def mean(self) -> torch.Tensor:
+        # Sum the two halves mirrored so that symmetric bins with uniform probs give exactly 0
+        # (as the reference does; a left-to-right sum accumulates rounding error).
+        n = self.bins.shape[0]
+        m = n // 2
+        weighted = self.probs * self.bins
+        wavg = (weighted[..., :m].flip(-1) + weighted[..., n - m :]).sum(-1)
+        if n % 2:
+            wavg = wavg + weighted[..., m]
+        return symexp(wavg) if self.space == "symlog" else wavg
+
+    def mode(self) -> torch.Tensor:
+        return self.mean()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        target = symlog(x) if self.space == "symlog" else x
+        weights = two_hot(target.detach(), self.bins)
+        return (weights * self.logits).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.logits).sum(-1)
+
+
+class MSE:
+    """Squared-error "distribution" of the reference decoders: log_prob(x) = -sum (pred - squash(x))^2.
+
+    The sum runs over the last `event_dims` dims. This is the reference's training loss, a Gaussian
+    log-density with std 1/sqrt(2) up to a constant; `world_model/elbo.py` turns the squared error into a
+    normalized log-density with a chosen std.
+    """
+
+    squash = staticmethod(lambda x: x)
+    unsquash = staticmethod(lambda x: x)
+
+    def __init__(self, pred: torch.Tensor, event_dims: int = 1):
+        self.pred, self.event_dims = pred, event_dims
+
+    def mean(self) -> torch.Tensor:
+        return self.unsquash(self.pred)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean()
+
+    def sq_error(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of squared errors in the output space, [...]."""
+        return _sum_last((self.pred - self.squash(x).detach()).square(), self.event_dims)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.sq_error(x)
+
+
+class SymlogMSE(MSE):
+    """MSE in symlog space (v2 vector decoder): mode() = symexp(pred), log_prob(x) = -sum (pred - symlog(x))^2.
+
+    The density is over symlog(x), not x.
+    """
+
+    squash = staticmethod(symlog)
+    unsquash = staticmethod(symexp)
+
+
+class Bernoulli:
+    """Bernoulli with logits [...]; `log_prob` accepts soft targets in [0, 1] (cross-entropy)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        self.probs = torch.sigmoid(logits)
+
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    def mode(self) -> torch.Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def sample(self) -> torch.Tensor:
+        return torch.bernoulli(self.probs.detach())
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.logits.dtype)
+        return x * F.logsigmoid(self.logits) + (1.0 - x) * F.logsigmoid(-self.logits)
+
+    def entropy(self) -> torch.Tensor:
+        return -self.log_prob(self.probs)

@@ -1,0 +1,104 @@
+"""Layers: init statistics, zero output scale, norms against float64 references, block-diagonal structure."""
+
+import math
+
+import pytest
+import torch
+
+from nets.functional import symexp, symlog
+from nets.layers import MLP, BlockLinear, Conv2d, Linear, Norm
+
+
+def test_symlog_golden_and_round_trip():
+    x = torch.tensor([-1e6, -10.0, -1.0, 0.0, 0.5, 1.0, 100.0], dtype=torch.float64)
+    expected = torch.tensor(
+        [-math.log(1e6 + 1), -math.log(11), -math.log(2), 0.0, math.log(1.5), math.log(2), math.log(101)],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(symlog(x), expected)
+    torch.testing.assert_close(symexp(symlog(x)), x)
+    y = torch.linspace(-15, 15, 61, dtype=torch.float64)
+    torch.testing.assert_close(symlog(symexp(y)), y)
+    # Gradient at 0 is 1 for both (identity-like near zero), also exactly at 0.
+    z = torch.zeros(1, requires_grad=True)
+    symlog(z).backward()
+    assert z.grad.item() == 1.0
+    z.grad = None
+    symexp(z).backward()
+    assert z.grad.item() == 1.0
+
+
+def test_linear_init_is_truncated_fan_in():
+    torch.manual_seed(0)
+    layer = Linear(400, 300, outscale=2.0)
+    w = layer.weight.detach()
+    std = 2.0 / math.sqrt(400)
+    assert abs(w.std().item() - std) < 0.02 * std
+    # Truncated at 2 std of the underlying normal (std / 0.8796).
+    assert w.abs().max().item() <= 2 * std / 0.87962566 + 1e-6
+    assert torch.all(layer.bias == 0)
+
+
+def test_zero_outscale_gives_exact_zero_output():
+    layer = Linear(5, 7, outscale=0.0)
+    assert torch.all(layer(torch.randn(3, 5)) == 0)
+    mlp = MLP(5, 8, 2, out_features=3, outscale=0.0)
+    assert torch.all(mlp(torch.randn(4, 5)) == 0)
+    assert mlp.out_features == 3
+    assert MLP(5, 8, 2).out_features == 8
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_norm_matches_float64_reference(kind):
+    torch.manual_seed(0)
+    norm = Norm(6, kind)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        if norm.bias is not None:
+            norm.bias.uniform_(-1, 1)
+    x = torch.randn(4, 6) * 3 + 1
+    x64 = x.double()
+    if kind == "rms":
+        ref = x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + 1e-4) * norm.weight.double()
+    else:
+        c = x64 - x64.mean(-1, keepdim=True)
+        ref = (
+            c / torch.sqrt(c.square().mean(-1, keepdim=True) + 1e-3) * norm.weight.double()
+            + norm.bias.double()
+        )
+    torch.testing.assert_close(norm(x).double(), ref, atol=1e-5, rtol=1e-5)
+    # Channel axis gives the same numbers as features-last.
+    cnorm = Norm(6, kind, axis=1)
+    cnorm.load_state_dict(norm.state_dict())
+    img = torch.randn(2, 6, 3, 5)
+    last = norm(img.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(cnorm(img), last, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="norm kind must be one of"):
+        Norm(4, "batch")
+
+
+def test_block_linear_is_block_diagonal():
+    torch.manual_seed(0)
+    layer = BlockLinear(8, 12, blocks=4)
+    x = torch.randn(3, 5, 8)
+    y = layer(x)
+    assert y.shape == (3, 5, 12)
+    # Equal to a dense matrix with the blocks on the diagonal.
+    dense = torch.block_diag(*layer.weight.detach())
+    torch.testing.assert_close(y, x @ dense + layer.bias.detach())
+    # Changing input group 0 changes only output group 0.
+    x2 = x.clone()
+    x2[..., :2] += 1.0
+    diff = (layer(x2) - y).abs().sum((0, 1))
+    assert torch.all(diff[:3] > 0) and torch.all(diff[3:] == 0)
+    with pytest.raises(ValueError, match="divisible by blocks 3"):
+        BlockLinear(8, 12, blocks=3)
+
+
+def test_conv_same_padding_and_init():
+    conv = Conv2d(3, 4, 5)
+    assert conv(torch.randn(2, 3, 16, 16)).shape == (2, 4, 16, 16)
+    assert torch.all(Conv2d(3, 4, 5, outscale=0.0).weight == 0)
