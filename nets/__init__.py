@@ -1,0 +1,1 @@
+"""Networks: layers (linear, conv, norms, MLP, block-linear), distributions, pure functions."""

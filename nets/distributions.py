@@ -213,7 +213,7 @@ class MSE:
 
 
 class SymlogMSE(MSE):
-    """MSE in symlog space (v2 vector decoder): mode() = symexp(pred), log_prob(x) = -sum (pred - symlog(x))^2.
+    """MSE in symlog space (v2 vector decoder): mode() = symexp(pred), log_prob(x) = -sum(pred - symlog(x))^2.
 
     The density is over symlog(x), not x.
     """
