@@ -213,7 +213,7 @@ def load(path: str | os.PathLike) -> dict:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file itself, or the newest one in a run folder (`<run>/checkpoints`) or checkpoint folder."""
+    """A checkpoint file, or the newest one in a run folder (`<run>/checkpoints`) or a checkpoint folder."""
     path = Path(path)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
