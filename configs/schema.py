@@ -184,6 +184,10 @@ class ActorCriticConfig:
     entropy: float = MISSING
     # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option).
     grad: str = MISSING
+    # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
+    unimix: float = MISSING
+    # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
+    repval_grad: bool = MISSING
     # Continuous policy std range: std = (max - min) * sigmoid(x + 2) + min (v2: 0.1, 1.0).
     min_std: float = MISSING
     max_std: float = MISSING
@@ -285,6 +289,8 @@ class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # Frames per second of written videos.
     fps: int = MISSING
+    # File format of written videos: "mp4" (H.264 through imageio-ffmpeg) or "gif".
+    video_format: str = MISSING
 
 
 @dataclass(frozen=True)
