@@ -69,11 +69,17 @@ class ReturnScaler(nn.Module):
 
     @torch.no_grad()
     def update(self, ret: Tensor) -> None:
-        """Move the percentile EMAs towards the percentiles of `ret` (any shape, no gradient)."""
+        """Move the percentile EMAs towards the percentiles of `ret` (any shape, no gradient).
+
+        A batch with a non-finite return leaves the statistics unchanged (checked on the device, without
+        a synchronization), so one bad update cannot poison the scale for good.
+        """
         q = torch.tensor([self.low / 100, self.high / 100], dtype=torch.float32, device=ret.device)
-        lo, hi = torch.quantile(ret.detach().float().flatten(), q)
-        self.lo.lerp_(lo, 1 - self.decay)
-        self.hi.lerp_(hi, 1 - self.decay)
+        ret = ret.detach().float().flatten()
+        lo, hi = torch.quantile(ret, q)
+        finite = torch.isfinite(ret).all()
+        self.lo.copy_(torch.where(finite, torch.lerp(self.lo, lo, 1 - self.decay), self.lo))
+        self.hi.copy_(torch.where(finite, torch.lerp(self.hi, hi, 1 - self.decay), self.hi))
 
     def scale(self) -> Tensor:
         """The return scale S = max(limit, hi - lo), a scalar without gradient."""

@@ -119,6 +119,15 @@ def test_return_scaler_floor_and_state_dict_round_trip():
     assert set(scaler.state_dict()) == {"lo", "hi"}
 
 
+def test_return_scaler_ignores_nonfinite_batches():
+    scaler = ReturnScaler(decay=0.9)
+    scaler.update(torch.arange(100.0))
+    lo, hi = scaler.lo.item(), scaler.hi.item()
+    scaler.update(torch.tensor([1.0, float("nan"), 3.0]))
+    scaler.update(torch.tensor([1.0, float("inf")]))
+    assert (scaler.lo.item(), scaler.hi.item()) == (lo, hi)
+
+
 def test_return_scaler_rejects_bad_config():
     with pytest.raises(ValueError, match="retnorm_decay"):
         ReturnScaler(decay=1.0)
