@@ -1,0 +1,282 @@
+"""The run's logger: scalars averaged between writes, histograms and videos, sent to chosen outputs.
+
+Outputs: `metrics.jsonl` in the run folder (always), a compact terminal line and a progress bar
+(`logger.terminal`), TensorBoard (`logger.tensorboard`, under `<logdir>/tb`), and Weights & Biases
+(`logger.wandb.mode` online / offline / disabled). Videos are written as files into `<logdir>/videos`
+and handed to wandb by path; TensorBoard gets no videos (its writer needs moviepy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Protocol
+
+import numpy as np
+
+from configs.schema import LoggerConfig, WandbConfig
+from run.video import FORMATS, check_frames, write_video
+
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_ID_FILE = "wandb_id.txt"
+# Scalars shown on the terminal line, in this order, when present (label, metric name).
+TERMINAL_KEYS = (
+    ("frames", "frames"),
+    ("updates", "updates"),
+    ("return", "episode/return"),
+    ("eval", "eval/return"),
+    ("loss", "train/loss/model"),
+    ("elbo", "train/elbo"),
+    ("rate", "train/rate"),
+    ("distortion", "train/distortion"),
+    ("sps", "fps/policy"),
+    ("ups", "fps/updates"),
+)
+
+
+class Summary(NamedTuple):
+    """What one `write` hands to every output."""
+
+    step: int
+    scalars: dict[str, float]
+    histograms: dict[str, np.ndarray]
+    videos: dict[str, Path]
+
+
+class Output(Protocol):
+    def write(self, summary: Summary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JSONLOutput:
+    """One JSON object per write, appended to `metrics.jsonl`: {"step": ..., name: value, ...}."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a")  # noqa: SIM115 (kept open for the run; closed by close())
+
+    def write(self, summary: Summary) -> None:
+        if summary.scalars:
+            self.file.write(json.dumps({"step": summary.step, **summary.scalars}) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TerminalOutput:
+    """A compact line per write, printed above the progress bar when one is shown."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def write(self, summary: Summary) -> None:
+        if not summary.scalars:
+            return
+        parts = [f"step {summary.step}"]
+        for label, key in TERMINAL_KEYS:
+            if key in summary.scalars:
+                parts.append(f"{label} {_short(summary.scalars[key])}")
+        parts += [f"video {path}" for path in summary.videos.values()]
+        self.progress.print(" | ".join(parts))
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _short(value: float) -> str:
+    if math.isfinite(value) and value == round(value) and abs(value) < 1e9:
+        return f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+class Progress:
+    """A tqdm bar with steps/s and ETA when stderr is a terminal; plain lines otherwise."""
+
+    def __init__(self, enabled: bool, stream: Any = None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.start: tuple[float, int] | None = None
+        self.step = self.total = 0
+
+    def update(self, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.start is None:
+            self.start = (time.monotonic(), step)
+        if self.bar is None and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=step, unit="step", file=self.stream, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+        self.total, self.step = total, step
+
+    def eta(self) -> str:
+        """Steps per second and remaining time since the first update, for plain-line output."""
+        if self.start is None or self.step <= self.start[1]:
+            return ""
+        rate = (self.step - self.start[1]) / max(time.monotonic() - self.start[0], 1e-9)
+        left = max(self.total - self.step, 0) / rate
+        return f"{rate:.1f} steps/s, eta {int(left // 60)}m{int(left % 60):02d}s"
+
+    def print(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            eta = self.eta()
+            print(line + (f" | {eta}" if eta else ""), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class TensorBoardOutput:
+    """Scalars and histograms to a TensorBoard event file in `<logdir>/tb`."""
+
+    def __init__(self, directory: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(directory))
+
+    def write(self, summary: Summary) -> None:
+        for name, value in summary.scalars.items():
+            self.writer.add_scalar(name, value, summary.step)
+        for name, values in summary.histograms.items():
+            self.writer.add_histogram(name, values, summary.step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbOutput:
+    """A wandb run whose id is kept in `<logdir>/wandb_id.txt`, so a resumed run continues it."""
+
+    def __init__(self, config: WandbConfig, logdir: Path, config_dict: dict):
+        import wandb
+
+        self.wandb = wandb
+        id_file = logdir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id)
+        self.run = wandb.init(
+            mode=config.mode,
+            dir=str(logdir),
+            id=run_id,
+            resume="allow",
+            project=config.project or None,
+            entity=config.entity or None,
+            group=config.group or None,
+            tags=list(config.tags) or None,
+            name=config.name or None,
+            config=config_dict,
+        )
+
+    def write(self, summary: Summary) -> None:
+        data: dict[str, Any] = dict(summary.scalars)
+        data.update({k: self.wandb.Histogram(v) for k, v in summary.histograms.items()})
+        data.update({k: self.wandb.Video(str(p)) for k, p in summary.videos.items()})
+        if data:
+            self.run.log(data, step=summary.step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Logger:
+    """Collects scalars (averaged over the calls between two writes), histograms and videos."""
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        outputs: list[Output],
+        progress: Progress | None = None,
+        fps: int = 15,
+        video_format: str = "mp4",
+    ):
+        self.logdir = Path(logdir)
+        self.outputs = outputs
+        self.progress_bar = progress or Progress(enabled=False)
+        self.fps = fps
+        self.video_format = video_format
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.histograms: dict[str, np.ndarray] = {}
+        self.videos: dict[str, np.ndarray] = {}
+        self.video_paths: list[Path] = []
+
+    def scalar(self, name: str, value: float) -> None:
+        self.sums[name] += float(value)
+        self.counts[name] += 1
+
+    def scalars(self, values: Mapping[str, float], prefix: str = "") -> None:
+        for name, value in values.items():
+            self.scalar(f"{prefix}{name}", value)
+
+    def histogram(self, name: str, values: np.ndarray) -> None:
+        self.histograms[name] = np.asarray(values, np.float64).reshape(-1)
+
+    def video(self, name: str, frames: np.ndarray) -> None:
+        """Queue a video `[T, H, W, C]` uint8; it is written to a file at the next `write`."""
+        self.videos[name] = check_frames(frames, name)
+
+    def progress(self, step: int, total: int) -> None:
+        self.progress_bar.update(step, total)
+
+    def write(self, step: int) -> None:
+        """Write the averages of the scalars since the last write, the histograms and videos, then clear."""
+        scalars = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        videos = {name: self._write_video(name, frames, step) for name, frames in self.videos.items()}
+        summary = Summary(int(step), scalars, self.histograms, videos)
+        for output in self.outputs:
+            output.write(summary)
+        self.sums.clear()
+        self.counts.clear()
+        self.histograms = {}
+        self.videos = {}
+
+    def _write_video(self, name: str, frames: np.ndarray, step: int) -> Path:
+        path = self.logdir / "videos" / f"{name.replace('/', '_')}_{step:09d}.{self.video_format}"
+        self.video_paths.append(write_video(path, frames, self.fps))
+        return path
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
+        self.outputs = []
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def make_logger(config: LoggerConfig, logdir: str | os.PathLike, config_dict: dict) -> Logger:
+    """The logger the config asks for; `config_dict` is the resolved config uploaded to wandb."""
+    _check_choice("logger.wandb.mode", config.wandb.mode, WANDB_MODES)
+    _check_choice("logger.video_format", config.video_format, FORMATS)
+    if config.fps < 1:
+        raise ValueError(f"logger.fps must be >= 1; got {config.fps}")
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(enabled=config.terminal)
+    outputs: list[Output] = [JSONLOutput(logdir / "metrics.jsonl")]
+    if config.terminal:
+        outputs.append(TerminalOutput(progress))
+    if config.tensorboard:
+        outputs.append(TensorBoardOutput(logdir / "tb"))
+    if config.wandb.mode != "disabled":
+        outputs.append(WandbOutput(config.wandb, logdir, config_dict))
+    return Logger(logdir, outputs, progress, config.fps, config.video_format)
