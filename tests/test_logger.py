@@ -150,3 +150,31 @@ def test_wandb_offline_writes_a_run_and_keeps_its_id_on_resume(tmp_path):
     again.close()
     assert (tmp_path / WANDB_ID_FILE).read_text() == run_id
     assert all(r.name.endswith(run_id) for r in (tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_plots_from_metrics(tmp_path):
+    from run.plots import make_plots, read_metrics
+
+    rows = [
+        {"step": s, "frames": 2 * s, "updates": s // 2, "episode/return": float(s)} for s in range(10, 60, 10)
+    ]
+    rows += [{"step": 60, "updates": 30, "train/elbo": -5.0, "train/rate": 1.0, "train/distortion": 4.0}]
+    rows += [{"step": 70, "updates": 35, "train/elbo": -4.0, "train/rate": 1.5, "train/distortion": 2.5}]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 80, "fra'  # cut short by a crash
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 7
+    paths = make_plots(tmp_path)
+    assert [p.name for p in paths] == ["returns.png", "elbo.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imageio.imread(path).shape[0] > 100
+
+
+def test_plots_cli_errors_without_metrics(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "run.plots", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "no metrics.jsonl in" in result.stderr
