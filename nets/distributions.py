@@ -42,7 +42,8 @@ class OneHotCategorical:
 
     def _straight_through(self, index: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(index, self.classes).to(self.probs.dtype)
-        return onehot + self.probs - self.probs.detach()
+        # probs - sg(probs) is exactly 0 in value, so the sum is exactly one-hot.
+        return onehot + (self.probs - self.probs.detach())
 
     def sample(self) -> torch.Tensor:
         """One-hot sample [..., K] by the Gumbel-max trick, straight-through gradient."""

@@ -1,0 +1,1 @@
+"""The world model: RSSM, encoder, decoder, heads, and the sequential ELBO."""

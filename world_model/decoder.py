@@ -1,0 +1,72 @@
+"""Observation decoder: mirrors the encoder, returns one distribution per decoded key.
+
+Vectors: MLP on the features, then one linear output per key in symlog space (`SymlogMSE`, v2).
+Images: Linear to a minres x minres map, then stages of nearest 2x upsample -> conv -> norm -> SiLU, and a
+last upsample + conv to the image channels with a sigmoid mean in [0, 1] (`MSE` over H, W, C against
+x / 255, as the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from envs.spaces import ArraySpec
+from nets.distributions import MSE, SymlogMSE
+from nets.layers import MLP, Conv2d, Linear, Norm
+from world_model.encoder import conv_stages, select_keys, stage_channels
+
+
+class Decoder(nn.Module):
+    """feat [*lead, F] -> {key: SymlogMSE over [*lead, D] | MSE over [*lead, H, W, C]}.
+
+    config: the `world_model.decoder` subtree; norm: "rms" or "layer".
+    """
+
+    def __init__(self, config, obs_space: dict[str, ArraySpec], feat_size: int, norm: str = "rms"):
+        super().__init__()
+        self.vector_keys, self.image_keys = select_keys(obs_space, config.vector_keys, config.image_keys)
+        if not self.vector_keys and not self.image_keys:
+            raise ValueError(
+                f"the decoder matches no observation key: keys {sorted(obs_space)}, vector_keys "
+                f"{config.vector_keys!r}, image_keys {config.image_keys!r}"
+            )
+        self.vector_sizes = [obs_space[k].shape[0] for k in self.vector_keys]
+        if self.vector_keys:
+            self.mlp = MLP(feat_size, config.units, config.layers, norm, out_features=sum(self.vector_sizes))
+        if self.image_keys:
+            self._build_image(config, obs_space, feat_size, norm)
+
+    def _build_image(self, config, obs_space, feat_size: int, norm: str) -> None:
+        h, w, _ = obs_space[self.image_keys[0]].shape
+        self.image_channels = [obs_space[k].shape[2] for k in self.image_keys]
+        stages = conv_stages(h, w, config.minres, self.image_keys)
+        channels = stage_channels(config.depth, config.mults, stages)
+        self.minres = (h // 2**stages, w // 2**stages)
+        self.space = Linear(feat_size, channels[-1] * self.minres[0] * self.minres[1])
+        self.space_norm = Norm(channels[-1], norm, axis=1)
+        self.convs = nn.ModuleList()
+        for cin, cout in zip(channels[::-1][:-1], channels[::-1][1:]):
+            self.convs.append(nn.ModuleList([Conv2d(cin, cout, config.kernel), Norm(cout, norm, axis=1)]))
+        self.out = Conv2d(channels[0], sum(self.image_channels), config.kernel)
+
+    def forward(self, feat: torch.Tensor) -> dict[str, MSE]:
+        lead = feat.shape[:-1]
+        feat = feat.reshape(-1, feat.shape[-1])
+        dists = {}
+        if self.vector_keys:
+            outs = self.mlp(feat).split(self.vector_sizes, -1)
+            for key, out in zip(self.vector_keys, outs):
+                dists[key] = SymlogMSE(out.reshape(*lead, out.shape[-1]), event_dims=1)
+        if self.image_keys:
+            x = rearrange(self.space(feat), "n (c h w) -> n c h w", h=self.minres[0], w=self.minres[1])
+            x = F.silu(self.space_norm(x))
+            for conv, norm in self.convs:
+                x = F.silu(norm(conv(F.interpolate(x, scale_factor=2, mode="nearest"))))
+            x = torch.sigmoid(self.out(F.interpolate(x, scale_factor=2, mode="nearest")))
+            x = rearrange(x, "n c h w -> n h w c")
+            for key, img in zip(self.image_keys, x.split(self.image_channels, -1)):
+                dists[key] = MSE(img.reshape(*lead, *img.shape[1:]), event_dims=3)
+        return dists
