@@ -1,0 +1,306 @@
+"""Actor and critic learned inside imagined latent rollouts (DreamerV3 "Actor-critic in imagination").
+
+The losses follow the reference's `imag_loss` and `repl_loss` (dreamerv3/agent.py, v2):
+
+- Imagination starts from every posterior state of the batch (N = B x T starts) and rolls `imag_horizon`
+  steps with the prior and the actor. Reward r = reward-head mean, continuation c = continue-head
+  probability; weight w_t = prod_{k<=t} (d c_k) / d with d = 1 when the continue target already holds
+  the discount (`world_model.cont_discount`, v2) and d = 1 - 1/horizon otherwise (v1).
+- lambda-returns R bootstrap from the online critic (v2 `slowtar: False`), R_H = v_H.
+- policy: -w (log pi(a) sg(A) + eta H[pi]) with A = (R - v) / max(1, P95 - P5) (REINFORCE, v2), or
+  -w (R / S + eta H[pi]) with gradients through the imagined dynamics (v1 option, continuous actions).
+- value: w (-log p_v(sg R) - slow_reg log p_v(sg v_slow)), the critic a two-hot over bins.
+- repval: the same critic loss on the replayed posteriors, with lambda-returns along the real sequence
+  (real rewards, terminations, episode ends) bootstrapped from each start's imagined return R_0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from agent.returns import ReturnScaler, lambda_return
+from configs.schema import ActorCriticConfig
+from envs.spaces import ActionSpace
+from nets.distributions import LOG_2PI, BoundedNormal, OneHotCategorical, TwoHot
+from nets.layers import MLP
+
+GRADS = ("reinforce", "dynamics")
+
+
+class MultiOneHot:
+    """Independent one-hot categoricals over consecutive slices of the last dim (multidiscrete actions).
+
+    logits: [..., sum(nvec)]; samples and modes are concatenated one-hots [..., sum(nvec)];
+    log_prob and entropy sum over the sub-actions.
+    """
+
+    def __init__(self, logits: Tensor, nvec: tuple[int, ...], unimix: float = 0.0):
+        self.parts = [OneHotCategorical(x, unimix) for x in torch.split(logits, list(nvec), -1)]
+        self.nvec = tuple(nvec)
+
+    def sample(self) -> Tensor:
+        return torch.cat([p.sample() for p in self.parts], -1)
+
+    def mode(self) -> Tensor:
+        return torch.cat([p.mode() for p in self.parts], -1)
+
+    def log_prob(self, onehot: Tensor) -> Tensor:
+        xs = torch.split(onehot, list(self.nvec), -1)
+        return sum(p.log_prob(x) for p, x in zip(self.parts, xs, strict=True))
+
+    def entropy(self) -> Tensor:
+        return sum(p.entropy() for p in self.parts)
+
+
+ActionDist = MultiOneHot | OneHotCategorical | BoundedNormal
+
+
+class Actor(nn.Module):
+    """The policy head: feat [..., F] -> action distribution over [..., A].
+
+    Discrete: one-hot categorical with `unimix` (multidiscrete: one per sub-action); continuous:
+    BoundedNormal with mean tanh(x) and std (max - min) sigmoid(x + 2) + min.
+    """
+
+    def __init__(self, feat_size: int, act_space: ActionSpace, config: ActorCriticConfig, norm: str):
+        super().__init__()
+        if act_space.kind not in ("discrete", "multidiscrete", "continuous"):
+            raise ValueError(
+                f"action space kind must be discrete, multidiscrete or continuous; got {act_space.kind!r}"
+            )
+        self.act_space, self.config = act_space, config
+        outputs = act_space.dim if act_space.discrete else 2 * act_space.dim
+        head = config.actor
+        self.net = MLP(feat_size, head.units, head.layers, norm, outputs, head.outscale)
+
+    def forward(self, feat: Tensor) -> ActionDist:
+        out = self.net(feat).float()
+        if self.act_space.kind == "discrete":
+            return OneHotCategorical(out, self.config.unimix)
+        if self.act_space.kind == "multidiscrete":
+            return MultiOneHot(out, self.act_space.nvec, self.config.unimix)
+        mean, std = out.chunk(2, -1)
+        return BoundedNormal(mean, std, self.config.min_std, self.config.max_std)
+
+    def entropy_range(self) -> tuple[float, float]:
+        """Lowest and highest entropy the policy can have, to report a normalized entropy in [0, 1]."""
+        if self.act_space.discrete:
+            nvec = self.act_space.nvec or (self.act_space.dim,)
+            return 0.0, float(sum(math.log(n) for n in nvec))
+        per_dim = lambda std: math.log(std) + 0.5 * (LOG_2PI + 1.0)
+        dim = self.act_space.dim
+        return dim * per_dim(self.config.min_std), dim * per_dim(self.config.max_std)
+
+
+def exact_action(action: Tensor, act_space: ActionSpace) -> Tensor:
+    """Actions for the environment: exact one-hots for discrete kinds (the straight-through sample
+    carries rounding of `probs - probs`), values clipped to [-1, 1] for continuous ones. [..., A]."""
+    action = action.detach()
+    if act_space.kind == "continuous":
+        return action.clamp(-1.0, 1.0)
+    nvec = act_space.nvec or (act_space.dim,)
+    parts = [nn.functional.one_hot(x.argmax(-1), x.shape[-1]) for x in torch.split(action, list(nvec), -1)]
+    return torch.cat(parts, -1).to(action.dtype)
+
+
+class Critic(nn.Module):
+    """The value head: feat [..., F] -> TwoHot over `bins` (zero-initialized output, so v = 0 at first)."""
+
+    def __init__(self, feat_size: int, config: ActorCriticConfig, norm: str, bins: Tensor, space: str):
+        super().__init__()
+        head = config.critic
+        self.net = MLP(feat_size, head.units, head.layers, norm, bins.shape[0], head.outscale)
+        self.register_buffer("bins", bins.clone(), persistent=False)
+        self.space = space
+
+    def forward(self, feat: Tensor) -> TwoHot:
+        return TwoHot(self.net(feat).float(), self.bins, self.space)
+
+
+class Imagination(NamedTuple):
+    """An imagined rollout of N starts over H + 1 steps (index 0 is the start state)."""
+
+    feat: Tensor  # [N, H+1, F] model features
+    action: Tensor  # [N, H+1, A] the action the actor took at each state
+    reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
+    cont: Tensor  # [N, H+1] continue-head probability
+
+
+class ImagLoss(NamedTuple):
+    losses: dict[str, Tensor]  # "policy", "value": [N, H]
+    ret: Tensor  # [N, H] lambda-returns, detached
+    metrics: dict[str, Tensor]
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters of `modules` record no gradient inside the block; activations still do."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic and return scaler, with the imagination and replay losses.
+
+    Args:
+        feat_size: size F of the world model's features.
+        act_space: the action space.
+        config: the actor_critic config subtree.
+        norm: norm kind of the MLPs ("rms" v2, "layer" v1), shared with the world model.
+        bins: [K] two-hot bins of the critic; space: "raw" (symexp bins, v2) or "symlog" (v1).
+        cont_discount: whether the continue head's target already holds the discount 1 - 1/horizon (v2).
+    """
+
+    def __init__(
+        self,
+        feat_size: int,
+        act_space: ActionSpace,
+        config: ActorCriticConfig,
+        norm: str,
+        bins: Tensor,
+        space: str,
+        cont_discount: bool,
+    ):
+        super().__init__()
+        if config.grad not in GRADS:
+            raise ValueError(f"actor_critic.grad must be one of {GRADS}, got {config.grad!r}")
+        if config.grad == "dynamics" and act_space.discrete:
+            raise ValueError("actor_critic.grad 'dynamics' needs continuous actions; use 'reinforce'")
+        if config.imag_horizon < 1 or config.horizon < 1:
+            raise ValueError(
+                "actor_critic.imag_horizon and horizon must be >= 1, got "
+                f"{config.imag_horizon}, {config.horizon}"
+            )
+        self.config, self.act_space = config, act_space
+        self.actor = Actor(feat_size, act_space, config, norm)
+        self.critic = Critic(feat_size, config, norm, bins, space)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.retnorm = ReturnScaler(
+            config.retnorm_decay, config.retnorm_low, config.retnorm_high, config.retnorm_limit
+        )
+        self.gamma = 1.0 - 1.0 / config.horizon
+        # The discount applied on top of the continue probability in imagination.
+        self.imag_disc = 1.0 if cont_discount else self.gamma
+
+    def imagine(self, world_model: nn.Module, start) -> Imagination:
+        """Roll the actor out in the world model from `start` (an RSSMState of N states, detached).
+
+        REINFORCE needs no gradient through the rollout, so it runs without autograd; "dynamics" keeps
+        the gradient of the actions through the (frozen) world model.
+        """
+        dynamics = self.config.grad == "dynamics"
+        policy = lambda state: self.actor(world_model.feat(state).detach()).sample()
+        grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
+        with grad_ctx:
+            states, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon)
+            feat = world_model.feat(states)
+            reward = world_model.reward_dist(feat).mean().float()
+            cont = world_model.cont_dist(feat).mean().float().detach()
+        if not dynamics:
+            action = action.detach()
+        return Imagination(feat, action, reward, cont)
+
+    def imag_loss(self, traj: Imagination, update: bool = True) -> ImagLoss:
+        """Policy and value losses [N, H] on an imagined rollout; updates the return scaler if `update`."""
+        cfg = self.config
+        feat = traj.feat.detach()
+        weight = (torch.cumprod(self.imag_disc * traj.cont, 1) / self.imag_disc).detach()
+        value_dist = self.critic(feat)
+        value = value_dist.mean()
+        ret = lambda_return(
+            traj.reward.detach(), self.imag_disc * traj.cont, value.detach(), cfg.return_lambda
+        )
+        if update:
+            self.retnorm.update(ret)
+        scale = self.retnorm.scale()
+        adv = (ret - value[:, :-1].detach()) / scale
+        policy = self.actor(feat[:, :-1])
+        ent = policy.entropy()
+        if cfg.grad == "reinforce":
+            logpi = policy.log_prob(traj.action[:, :-1].detach())
+            policy_loss = -weight[:, :-1] * (logpi * adv + cfg.entropy * ent)
+        else:
+            dyn_ret = self._dynamics_return(traj)
+            policy_loss = -weight[:, :-1] * (dyn_ret / scale + cfg.entropy * ent)
+        with torch.no_grad():
+            slow_mean = self.slow_critic(feat[:, :-1]).mean()
+        critic = TwoHot(value_dist.logits[:, :-1], value_dist.bins, value_dist.space)
+        value_loss = weight[:, :-1] * (-critic.log_prob(ret) - cfg.slow_reg * critic.log_prob(slow_mean))
+        metrics = self._imag_metrics(traj, weight, ret, adv, value, slow_mean, ent)
+        return ImagLoss({"policy": policy_loss, "value": value_loss}, ret, metrics)
+
+    def _dynamics_return(self, traj: Imagination) -> Tensor:
+        """lambda-return [N, H] differentiable through rewards and values of the imagined features (v1)."""
+        with frozen(self.critic):
+            value = self.critic(traj.feat).mean()
+        return lambda_return(traj.reward, self.imag_disc * traj.cont, value, self.config.return_lambda)
+
+    def repl_loss(self, feat: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor, boot: Tensor):
+        """Critic loss [B, T-1] on replayed posterior features (v2 `repl_loss`).
+
+        Args:
+            feat: [B, T, F] posterior features (attached when the world model should learn from it).
+            reward, is_last, is_terminal: [B, T] the replayed sequence.
+            boot: [B, T] the imagined return R_0 from each posterior (detached).
+        Returns:
+            (loss [B, T-1], ret [B, T-1]).
+        """
+        cfg = self.config
+        cont = (1.0 - is_terminal.float()) * self.gamma
+        lam = cfg.return_lambda * (1.0 - is_last.float())
+        ret = lambda_return(reward.float(), cont, boot.detach().float(), lam)
+        dist = self.critic(feat)
+        critic = TwoHot(dist.logits[:, :-1], dist.bins, dist.space)
+        with torch.no_grad():
+            slow_mean = self.slow_critic(feat[:, :-1].detach()).mean()
+        live = 1.0 - is_last[:, :-1].float()
+        loss = live * (-critic.log_prob(ret) - cfg.slow_reg * critic.log_prob(slow_mean))
+        return loss, ret
+
+    @torch.no_grad()
+    def update_slow(self) -> None:
+        """Move the slow critic towards the critic by `slow_rate` (v2: 0.02 every update)."""
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
+            slow.lerp_(fast, self.config.slow_rate)
+
+    def _imag_metrics(self, traj, weight, ret, adv, value, slow_mean, ent) -> dict[str, Tensor]:
+        lo, hi = self.actor.entropy_range()
+        m = {
+            "ret": ret.mean(),
+            "ret_min": ret.min(),
+            "ret_max": ret.max(),
+            "ret_normed": ((ret - self.retnorm.lo) / self.retnorm.scale()).mean(),
+            "ret_scale": self.retnorm.scale(),
+            "ret_lo": self.retnorm.lo.clone(),
+            "ret_hi": self.retnorm.hi.clone(),
+            "adv": adv.mean(),
+            "adv_std": adv.std(),
+            "adv_mag": adv.abs().mean(),
+            "value": value.mean(),
+            "slow_value": slow_mean.mean(),
+            "entropy": ent.mean(),
+            "entropy_normed": (ent.mean() - lo) / max(hi - lo, 1e-8),
+            "imag_reward": traj.reward[:, 1:].mean(),
+            "imag_cont": traj.cont[:, 1:].mean(),
+            "imag_weight": weight.mean(),
+        }
+        return {k: v.detach().float() for k, v in m.items()}
+
+
+def flatten_starts(x: Tensor) -> Tensor:
+    """[B, T, ...] -> [B*T, ...]: every posterior of the batch is one imagination start."""
+    return rearrange(x, "b t ... -> (b t) ...")

@@ -1,0 +1,279 @@
+"""Actor, critic and their losses on a hand-built latent world with the world model's interface."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agent.actor_critic import Actor, ActorCritic, Imagination, MultiOneHot, exact_action
+from agent.returns import lambda_return
+from configs.loader import load_config
+from envs.spaces import ActionSpace
+from nets.distributions import symexp_bins
+
+
+class Mean:
+    def __init__(self, value):
+        self.value = value
+
+    def mean(self):
+        return self.value
+
+
+class ToyRSSM(nn.Module):
+    """State [N, 3]: a context one-hot (2) that never changes, and the reward just earned.
+
+    Discrete actions (2): reward 1 for the action matching the context. Continuous (1 dim): reward
+    1 - (a - target)^2 with target +0.5 / -0.5 by context. The action enters through `gain`, a world
+    model parameter, so gradients into the world model would be visible.
+    """
+
+    def __init__(self, discrete):
+        super().__init__()
+        self.discrete = discrete
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def img_step(self, state, action):
+        ctx = state[:, :2]
+        if self.discrete:
+            rew = (self.gain * action * ctx).sum(-1)
+        else:
+            target = 0.5 * (ctx[:, 0] - ctx[:, 1])
+            rew = 1 - (self.gain * action[:, 0] - target) ** 2
+        return torch.cat([ctx, rew[:, None]], -1)
+
+    def imagine(self, state, policy, horizon):
+        states, actions = [state], []
+        for _ in range(horizon):
+            actions.append(policy(state.detach()))
+            state = self.img_step(state, actions[-1])
+            states.append(state)
+        actions.append(policy(state.detach()))
+        return torch.stack(states, 1), torch.stack(actions, 1)
+
+
+class ToyWorldModel(nn.Module):
+    def __init__(self, discrete, cont=0.9):
+        super().__init__()
+        self.rssm = ToyRSSM(discrete)
+        self.reward_scale = nn.Parameter(torch.ones(()))
+        self.cont = cont
+
+    def feat(self, state):
+        return state
+
+    def reward_dist(self, feat):
+        return Mean(self.reward_scale * feat[..., 2])
+
+    def cont_dist(self, feat):
+        return Mean(torch.full(feat.shape[:-1], self.cont))
+
+    def starts(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        ctx = nn.functional.one_hot(torch.randint(0, 2, (n,), generator=g), 2).float()
+        return torch.cat([ctx, torch.zeros(n, 1)], -1)
+
+
+def make_ac(kind="discrete", overrides=None, cont_discount=True):
+    cfg = load_config(["debug"], {"actor_critic": overrides or {}}).actor_critic
+    space = ActionSpace("discrete", 2, (2,)) if kind == "discrete" else ActionSpace("continuous", 1)
+    torch.manual_seed(0)
+    return ActorCritic(3, space, cfg, "rms", symexp_bins(31), "raw", cont_discount)
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters()]
+
+
+def test_actor_distributions():
+    cfg = load_config(["debug"]).actor_critic
+    feat = torch.randn(7, 5)
+    disc = Actor(5, ActionSpace("discrete", 3, (3,)), cfg, "rms")(feat)
+    assert disc.sample().shape == (7, 3)
+    # unimix 0.01 keeps every probability at least 0.01 / 3.
+    assert disc.probs.min().item() >= 0.01 / 3 - 1e-7
+    multi = Actor(5, ActionSpace("multidiscrete", 5, (2, 3)), cfg, "rms")(feat)
+    a = multi.sample()
+    assert isinstance(multi, MultiOneHot) and a.shape == (7, 5)
+    assert torch.equal(a[:, :2].sum(-1).round(), torch.ones(7)) and torch.equal(
+        a[:, 2:].sum(-1).round(), torch.ones(7)
+    )
+    expected = multi.parts[0].log_prob(a[:, :2]) + multi.parts[1].log_prob(a[:, 2:])
+    torch.testing.assert_close(multi.log_prob(a), expected)
+    actor = Actor(5, ActionSpace("continuous", 2), cfg, "rms")
+    with torch.no_grad():
+        actor.net.net[-1].weight.normal_(0, 10.0)
+    cont = actor(feat * 10)
+    assert cont.loc.abs().max() <= 1 and cont.std.min() >= cfg.min_std and cont.std.max() <= cfg.max_std
+    lo, hi = actor.entropy_range()
+    per_dim = lambda s: math.log(s) + 0.5 * math.log(2 * math.pi * math.e)
+    np.testing.assert_allclose((lo, hi), (2 * per_dim(0.1), 2 * per_dim(1.0)))
+    assert lo <= cont.entropy().min() and cont.entropy().max() <= hi
+
+
+def test_exact_action():
+    space = ActionSpace("multidiscrete", 5, (2, 3))
+    a = torch.tensor([[0.9999999, 1e-7, 0.0, 1.0000001, -1e-7]])
+    assert torch.equal(exact_action(a, space), torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0]]))
+    assert torch.equal(
+        exact_action(torch.tensor([[1.7, -0.3]]), ActionSpace("continuous", 2)), torch.tensor([[1.0, -0.3]])
+    )
+
+
+def test_critic_starts_at_zero_value_and_slow_critic_is_a_copy():
+    ac = make_ac()
+    assert torch.equal(ac.critic(torch.randn(4, 3)).mean(), torch.zeros(4))
+    for s, f in zip(ac.slow_critic.parameters(), ac.critic.parameters(), strict=True):
+        assert torch.equal(s, f) and not s.requires_grad
+
+
+def test_imagination_shapes_and_no_world_model_change():
+    wm, ac = ToyWorldModel(True), make_ac()
+    before = [p.detach().clone() for p in wm.parameters()]
+    traj = ac.imagine(wm, wm.starts(6))
+    H = ac.config.imag_horizon
+    assert traj.feat.shape == (6, H + 1, 3) and traj.action.shape == (6, H + 1, 2)
+    assert traj.reward.shape == traj.cont.shape == (6, H + 1)
+    assert not traj.feat.requires_grad and not traj.action.requires_grad
+    out = ac.imag_loss(traj)
+    sum(v.mean() for v in out.losses.values()).backward()
+    assert all(g is None for g in grads_of(wm))
+    assert all(torch.equal(p, b) for p, b in zip(wm.parameters(), before, strict=True))
+
+
+def test_policy_loss_reaches_actor_only_and_value_loss_critic_only():
+    wm, ac = ToyWorldModel(True), make_ac()
+    out = ac.imag_loss(ac.imagine(wm, wm.starts(8)))
+    out.losses["policy"].mean().backward(retain_graph=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads_of(ac.actor))
+    assert all(g is None for g in grads_of(ac.critic) + grads_of(ac.slow_critic) + grads_of(wm))
+    ac.zero_grad(set_to_none=True)
+    out.losses["value"].mean().backward()
+    # The zero-initialized output layer gets gradient first; the hidden layers get it through it later.
+    assert ac.critic.net.net[-1].weight.grad.abs().sum() > 0
+    assert all(g is None for g in grads_of(ac.actor) + grads_of(ac.slow_critic) + grads_of(wm))
+
+
+def test_dynamics_gradient_reaches_actor_through_the_model_only():
+    wm = ToyWorldModel(False)
+    ac = make_ac("continuous", {"grad": "dynamics", "entropy": 0.0})
+    out = ac.imag_loss(ac.imagine(wm, wm.starts(8)))
+    out.losses["policy"].mean().backward()
+    mean_weight = ac.actor.net.net[-1].weight.grad
+    assert mean_weight is not None and mean_weight.abs().sum() > 0
+    assert all(g is None for g in grads_of(ac.critic) + grads_of(ac.slow_critic) + grads_of(wm))
+    with pytest.raises(ValueError, match="needs continuous actions"):
+        make_ac("discrete", {"grad": "dynamics"})
+
+
+def test_imag_loss_alignment_and_values():
+    """With a zero critic, R_t is the lambda-return of the rewards alone; check every term by hand."""
+    ac = make_ac(overrides={"entropy": 0.0})
+    N, H = 3, ac.config.imag_horizon
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(N, H + 1, 3, generator=g)
+    action = nn.functional.one_hot(torch.randint(0, 2, (N, H + 1), generator=g), 2).float()
+    reward = torch.randn(N, H + 1, generator=g)
+    cont = torch.rand(N, H + 1, generator=g)
+    out = ac.imag_loss(Imagination(feat, action, reward, cont))
+    expected_ret = lambda_return(reward, cont, torch.zeros(N, H + 1), ac.config.return_lambda)
+    torch.testing.assert_close(out.ret, expected_ret)
+    weight = torch.cumprod(cont, 1)[:, :-1]
+    scale = max(
+        1.0, 0.01 * (np.percentile(expected_ret.numpy(), 95) - np.percentile(expected_ret.numpy(), 5))
+    )
+    logpi = ac.actor(feat[:, :-1]).log_prob(action[:, :-1])
+    torch.testing.assert_close(out.losses["policy"], -weight * logpi * expected_ret / scale)
+    # Zero critic: uniform over bins, so the loss is -log(two-hot weights . uniform) = log(31) twice.
+    torch.testing.assert_close(out.losses["value"], weight * 2 * math.log(31))
+    np.testing.assert_allclose(out.metrics["ret_scale"].item(), scale, rtol=1e-6)
+
+
+def test_v1_discount_multiplies_continuation():
+    ac = make_ac(cont_discount=False)
+    gamma = 1 - 1 / ac.config.horizon
+    N, H = 2, ac.config.imag_horizon
+    cont = torch.full((N, H + 1), 0.5)
+    reward = torch.ones(N, H + 1)
+    out = ac.imag_loss(Imagination(torch.randn(N, H + 1, 3), torch.zeros(N, H + 1, 2), reward, cont))
+    torch.testing.assert_close(out.ret, lambda_return(reward, gamma * cont, torch.zeros(N, H + 1), 0.95))
+    np.testing.assert_allclose(
+        out.metrics["imag_weight"].item(),
+        np.mean([(0.5 * gamma) ** t * 0.5 for t in range(H + 1)]),
+        rtol=1e-6,
+    )
+
+
+def test_repl_loss_returns_stop_at_episode_ends():
+    ac = make_ac(overrides={"return_lambda": 1.0})
+    gamma = ac.gamma
+    reward = torch.tensor([[0.0, 1.0, 2.0, 0.0, 4.0, 5.0]])
+    is_last = torch.tensor([[False, False, True, False, False, False]])
+    is_terminal = torch.tensor([[False, False, True, False, False, False]])
+    boot = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0, 60.0]])
+    loss, ret = ac.repl_loss(torch.randn(1, 6, 3), reward, is_last, is_terminal, boot)
+    # lambda 1 inside an episode; the terminal step adds its reward and nothing after it.
+    expected = [
+        1 + gamma * 2,
+        2.0,
+        0.0 + gamma * (4 + gamma * (5 + gamma * 60)),
+        4 + gamma * (5 + gamma * 60),
+        5 + gamma * 60,
+    ]
+    np.testing.assert_allclose(ret[0].numpy(), expected, rtol=1e-6)
+    assert loss.shape == (1, 5) and loss[0, 2] == 0 and (loss[0, [0, 1, 3, 4]] > 0).all()
+    # A truncation (last without terminal) bootstraps from the imagined return there.
+    _, ret = ac.repl_loss(torch.randn(1, 6, 3), reward, is_last, torch.zeros_like(is_terminal), boot)
+    np.testing.assert_allclose(ret[0, 1].item(), 2 + gamma * 30, rtol=1e-6)
+
+
+def test_slow_critic_changes_only_by_its_ema():
+    ac = make_ac()
+    with torch.no_grad():
+        for p in ac.critic.parameters():
+            p.add_(torch.randn_like(p))
+    slow_before = [p.clone() for p in ac.slow_critic.parameters()]
+    fast = [p.detach().clone() for p in ac.critic.parameters()]
+    ac.update_slow()
+    for s, b, f in zip(ac.slow_critic.parameters(), slow_before, fast, strict=True):
+        torch.testing.assert_close(s, 0.98 * b + 0.02 * f)
+
+
+def imagined_return(ac, wm, starts):
+    with torch.no_grad():
+        return ac.imagine(wm, starts).reward[:, 1:].mean().item()
+
+
+@pytest.mark.parametrize(
+    "kind,overrides",
+    [("discrete", {}), ("continuous", {}), ("continuous", {"grad": "dynamics"})],
+    ids=["discrete", "continuous-reinforce", "continuous-dynamics"],
+)
+def test_actor_learns_in_imagination(kind, overrides):
+    """The actor's imagined reward per step rises well above chance over a few hundred updates."""
+    wm, ac = ToyWorldModel(kind == "discrete"), make_ac(kind, overrides)
+    opt = torch.optim.Adam(ac.parameters(), lr=3e-3)
+    starts = wm.starts(64)
+    before = imagined_return(ac, wm, starts)
+    for _ in range(250):
+        out = ac.imag_loss(ac.imagine(wm, starts))
+        opt.zero_grad()
+        (out.losses["policy"].mean() + out.losses["value"].mean()).backward()
+        opt.step()
+        ac.update_slow()
+    after = imagined_return(ac, wm, starts)
+    # Chance: 0.5 (discrete), 1 - E[(a - 0.5)^2] ~ 0.4 for a ~ N(0, 1) (continuous). Optimum: 1.
+    assert before < 0.65 and after > 0.9, (before, after)
+    # The critic tracks the returns it is trained on (returns of ~1 reward per step are well above 1).
+    assert out.metrics["ret"] > 1.5 and out.metrics["value"] > 0.5 * out.metrics["ret"], out.metrics
+
+
+def test_bad_config_errors():
+    with pytest.raises(ValueError, match="actor_critic.grad must be one of"):
+        make_ac(overrides={"grad": "sideways"})
+    cfg = dataclasses.replace(load_config(["debug"]).actor_critic, imag_horizon=0)
+    with pytest.raises(ValueError, match="imag_horizon"):
+        ActorCritic(3, ActionSpace("discrete", 2, (2,)), cfg, "rms", symexp_bins(31), "raw", True)
