@@ -48,7 +48,7 @@ class Decoder(nn.Module):
         self.space = Linear(feat_size, channels[-1] * self.minres[0] * self.minres[1])
         self.space_norm = Norm(channels[-1], norm, axis=1)
         self.convs = nn.ModuleList()
-        for cin, cout in zip(channels[::-1][:-1], channels[::-1][1:]):
+        for cin, cout in zip(channels[::-1][:-1], channels[::-1][1:], strict=True):
             self.convs.append(nn.ModuleList([Conv2d(cin, cout, config.kernel), Norm(cout, norm, axis=1)]))
         self.out = Conv2d(channels[0], sum(self.image_channels), config.kernel)
 
@@ -58,7 +58,7 @@ class Decoder(nn.Module):
         dists = {}
         if self.vector_keys:
             outs = self.mlp(feat).split(self.vector_sizes, -1)
-            for key, out in zip(self.vector_keys, outs):
+            for key, out in zip(self.vector_keys, outs, strict=True):
                 dists[key] = SymlogMSE(out.reshape(*lead, out.shape[-1]), event_dims=1)
         if self.image_keys:
             x = rearrange(self.space(feat), "n (c h w) -> n c h w", h=self.minres[0], w=self.minres[1])
@@ -67,6 +67,6 @@ class Decoder(nn.Module):
                 x = F.silu(norm(conv(F.interpolate(x, scale_factor=2, mode="nearest"))))
             x = torch.sigmoid(self.out(F.interpolate(x, scale_factor=2, mode="nearest")))
             x = rearrange(x, "n c h w -> n h w c")
-            for key, img in zip(self.image_keys, x.split(self.image_channels, -1)):
+            for key, img in zip(self.image_keys, x.split(self.image_channels, -1), strict=True):
                 dists[key] = MSE(img.reshape(*lead, *img.shape[1:]), event_dims=3)
         return dists

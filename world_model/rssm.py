@@ -279,7 +279,7 @@ class RSSM(nn.Module):
             state = self.img_step(state, action)
             states.append(state)
         actions.append(policy(RSSMState(state.deter.detach(), state.stoch.detach())))
-        stacked = RSSMState(*(torch.stack(xs, 1) for xs in zip(*states)))
+        stacked = RSSMState(*(torch.stack(xs, 1) for xs in zip(*states, strict=True)))
         return stacked, torch.stack(actions, 1)
 
 
