@@ -1,0 +1,130 @@
+"""Replay chunks on disk: one compressed npz per stream and run of steps, written atomically.
+
+A chunk file is named `<stream>-<start>-<length>.npz`: steps `start .. start + length - 1` of one env
+stream, each step key an array [length, ...] at its stored dtype. A file is written under a temporary
+name, fsynced and renamed, so a crash never leaves a half-written chunk under a real name. A flushed
+partial chunk and the full chunk written later over the same steps share `start`; of files sharing a
+start the longest is the one that counts, so data is never read twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from envs.spaces import ArraySpec
+from replay.spec import check_array
+
+NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.npz$")
+TMP_SUFFIX = ".tmp"
+# What reading a truncated or corrupt npz can raise.
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+class ChunkError(ValueError):
+    """A chunk file that cannot be read or does not match the replay's step spec."""
+
+
+class ChunkFile(NamedTuple):
+    """A chunk file and what its name says it holds."""
+
+    path: Path
+    stream: int
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def chunk_name(stream: int, start: int, length: int) -> str:
+    return f"{stream:04d}-{start:012d}-{length:07d}.npz"
+
+
+def parse(path: Path) -> ChunkFile | None:
+    """The chunk a file name describes, or None for any other file."""
+    match = NAME.match(path.name)
+    if match is None:
+        return None
+    stream, start, length = (int(g) for g in match.groups())
+    return ChunkFile(path, stream, start, length)
+
+
+def list_chunks(directory: Path) -> dict[int, list[ChunkFile]]:
+    """Every chunk file in `directory` by stream, sorted by start (then length)."""
+    found: dict[int, list[ChunkFile]] = {}
+    for path in directory.iterdir() if directory.is_dir() else ():
+        chunk = parse(path)
+        if chunk is not None and chunk.length > 0:
+            found.setdefault(chunk.stream, []).append(chunk)
+    return {s: sorted(files, key=lambda c: (c.start, c.length)) for s, files in sorted(found.items())}
+
+
+def current(files: Iterable[ChunkFile]) -> list[ChunkFile]:
+    """The files that count, sorted by start: of files sharing a start the longest (the others are
+    partial flushes it supersedes)."""
+    longest: dict[int, ChunkFile] = {}
+    for chunk in files:
+        if chunk.start not in longest or chunk.length > longest[chunk.start].length:
+            longest[chunk.start] = chunk
+    return [longest[start] for start in sorted(longest)]
+
+
+def write_chunk(directory: Path, stream: int, start: int, data: Mapping[str, np.ndarray]) -> Path:
+    """Write `data` (key -> [L, ...]) as the chunk of steps `start .. start + L - 1` of `stream`."""
+    length = len(next(iter(data.values())))
+    path = directory / chunk_name(stream, start, length)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_arrays(path: Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays of `keys` present in the npz at `path` (others ignored); ChunkError if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {key: f[key] for key in keys if key in f.files}
+    except READ_ERRORS as e:
+        raise ChunkError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+
+
+def validate(
+    path: Path, data: Mapping[str, np.ndarray], spec: Mapping[str, ArraySpec], length: int | None = None
+) -> dict[str, np.ndarray]:
+    """`data` cast to the spec's dtypes after checking every key is there with shape [L, ...], one L
+    for all keys (and equal to `length` when given); ChunkError naming `path` otherwise."""
+    missing = sorted(set(spec) - set(data))
+    if missing:
+        raise ChunkError(f"{path} lacks the step keys {missing}")
+    found = {np.shape(data[key])[0] if np.ndim(data[key]) else -1 for key in spec}
+    if len(found) != 1 or (length is not None and found != {length}):
+        expected = f" (name says {length})" if length is not None else ""
+        raise ChunkError(f"{path} has arrays of different lengths {sorted(found)}{expected}")
+    steps = found.pop()
+    try:
+        checked = {key: check_array(key, data[key], s, (steps,)) for key, s in spec.items()}
+        return {key: value.astype(spec[key].dtype, copy=False) for key, value in checked.items()}
+    except ValueError as e:
+        raise ChunkError(f"{path}: {e}") from e
+
+
+def remove_stale(directory: Path) -> None:
+    """Remove temporary files left by a run killed while writing a chunk."""
+    for stale in directory.glob("*" + TMP_SUFFIX):
+        stale.unlink(missing_ok=True)

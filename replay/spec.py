@@ -1,0 +1,47 @@
+"""The arrays of one replay step: which keys, shapes and dtypes, and the check of an incoming step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from envs.spaces import ArraySpec
+
+# Flags every step carries; a stored sequence resets the model where `is_first` is set.
+FLAG_KEYS = ("is_first", "is_last", "is_terminal")
+
+
+def step_spec(obs_space: Mapping[str, ArraySpec], act_dim: int) -> dict[str, ArraySpec]:
+    """Every key of a stored step: the observations, `reward`, the three flags and `action` [act_dim]."""
+    if act_dim < 1:
+        raise ValueError(f"act_dim must be >= 1, got {act_dim}")
+    reserved = {"reward", "action", *FLAG_KEYS} & set(obs_space)
+    if reserved:
+        raise ValueError(f"observation keys {sorted(reserved)} clash with the step keys of the replay")
+    spec = {key: ArraySpec(tuple(s.shape), np.dtype(s.dtype)) for key, s in obs_space.items()}
+    spec["reward"] = ArraySpec((), np.dtype(np.float32))
+    for key in FLAG_KEYS:
+        spec[key] = ArraySpec((), np.dtype(bool))
+    spec["action"] = ArraySpec((act_dim,), np.dtype(np.float32))
+    return spec
+
+
+def check_array(key: str, value: np.ndarray, spec: ArraySpec, lead: tuple[int, ...]) -> np.ndarray:
+    """`value` as an array of `spec`'s dtype and shape `lead + spec.shape`, or a ValueError naming `key`.
+
+    Casts only within a kind (float64 -> float32, bool -> bool); an unsafe cast such as float -> uint8
+    images is an error rather than a silent wrap-around.
+    """
+    value = np.asarray(value)
+    expected = tuple(lead) + tuple(spec.shape)
+    if value.shape != expected:
+        raise ValueError(f"replay key '{key}': expected shape {expected}, got {value.shape}")
+    if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
+        raise ValueError(f"replay key '{key}': cannot store dtype {value.dtype} as {np.dtype(spec.dtype)}")
+    return value
+
+
+def raw_bytes_per_step(spec: Mapping[str, ArraySpec]) -> int:
+    """Bytes of one step's arrays at their own dtypes (uint8 images count one byte per value)."""
+    return sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in spec.values())
