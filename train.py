@@ -1,19 +1,171 @@
-"""Train a world-model agent: `python train.py --configs debug cartpole --run.steps 300 --logdir runs/x`."""
+"""Train a world-model agent: `python train.py --configs debug cartpole --run.steps 300 --logdir runs/x`.
+
+Starting the same command again on the same logdir resumes from its newest checkpoint (the replay
+comes back from its chunks). `--run.from_checkpoint PATH` initializes the agent (weights, optimizer
+states, return scaler, slow critic) from another run's checkpoint when this logdir has none.
+SIGTERM or Ctrl-C writes a final checkpoint and exits with status 0 (SIGTERM) or 130 (SIGINT).
+Exit status 1: a runtime error (unwritable logdir, unusable checkpoint, a diverged run); 2: bad config.
+"""
 
 from __future__ import annotations
 
+import sys
+import uuid
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
-from configs.loader import main_config, save_config
+import torch
+from omegaconf import OmegaConf
+
+from configs.loader import main_config, save_config, to_yaml
+from configs.schema import Config
+from run.checkpoint import Checkpointer, CheckpointError, check_compatible
+from run.checkpoint import load as load_checkpoint
+from run.logger import Logger
+from run.loop import Loop, NonFiniteError, Parts
+from run.plots import make_plots
+from run.schedule import updates_per_step
+from run.seeding import seed_everything
+from run.stop import StopFlag
+
+# Eval envs get seeds far from the training envs' (seed + i).
+EVAL_SEED_OFFSET = 10_000
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = main_config(argv, prog="train.py")
-    logdir = Path(config.logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
+class LogdirError(RuntimeError):
+    """The run folder cannot be created or written."""
+
+
+def make_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
+    from envs import make_vec_env
+
+    return make_vec_env(config.env, seed=seed, num_envs=num_envs)
+
+
+def make_replay(config: Config, env: Any, logdir: Path) -> Any:
+    from replay import make_replay as build_replay
+    from replay import step_spec
+
+    spec = step_spec(env.obs_space, env.act_space.dim)
+    directory = logdir / "replay" if config.replay.save else None
+    return build_replay(config.replay, spec, num_streams=env.num_envs, directory=directory, seed=config.seed)
+
+
+def make_agent(config: Config, obs_space: dict, act_space: Any) -> Any:
+    from agent import make_agent as build_agent
+
+    return build_agent(config, obs_space, act_space)
+
+
+def make_logger(config: Config, logdir: Path) -> Logger:
+    from run.logger import make_logger as build_logger
+
+    return build_logger(config.logger, logdir, OmegaConf.to_container(OmegaConf.structured(config)))
+
+
+class Factories(NamedTuple):
+    """How the parts are built; tests replace any of them with stubs."""
+
+    make_env: Callable[..., Any] = make_env
+    make_replay: Callable[..., Any] = make_replay
+    make_agent: Callable[..., Any] = make_agent
+    make_logger: Callable[..., Logger] = make_logger
+
+
+def prepare_logdir(path: str) -> Path:
+    """Create the run folder and check that it can be written, or raise LogdirError."""
+    logdir = Path(path)
+    probe = logdir / f".write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise LogdirError(f"cannot write to logdir '{logdir}': {e.strerror or e}") from None
+    return logdir
+
+
+def build(config: Config, factories: Factories | None = None) -> Loop:
+    """Compose the parts from the config; resume from the logdir's newest checkpoint if there is one."""
+    factories = factories or Factories()
+    logdir = prepare_logdir(config.logdir)
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
+    config_yaml = to_yaml(config)
+    checkpointer = Checkpointer(logdir / "checkpoints", config.run.keep_checkpoints)
+    resume = checkpointer.load_latest()
+    if resume:
+        check_compatible(resume.state["config"], config_yaml, resume.path)
+    init = None
+    if resume is None and config.run.from_checkpoint:
+        init = load_checkpoint(config.run.from_checkpoint)
+        check_compatible(init["config"], config_yaml, config.run.from_checkpoint)
+    seed_everything(config.seed)
     save_config(config, logdir / "config.yaml")
-    print(f"config written to {logdir / 'config.yaml'}")
+    # A resumed run reseeds its fresh envs so it does not replay the episodes it started with.
+    start = resume.state["step"] if resume else 0
+    env = factories.make_env(config, config.seed + start)
+    eval_env = None
+    if config.run.eval_every > 0:
+        eval_env = factories.make_env(
+            config, config.seed + EVAL_SEED_OFFSET + start, config.env.eval_num_envs
+        )
+    replay = factories.make_replay(config, env, logdir)
+    agent = factories.make_agent(config, env.obs_space, env.act_space)
+    logger = factories.make_logger(config, logdir)
+    parts = Parts(env, replay, agent, logger, checkpointer, eval_env)
+    ratio = updates_per_step(config.run.train_ratio, config.replay.batch_size, config.replay.batch_length)
+    loop = Loop(config.run, parts, ratio, config.env.action_repeat, config.seed, config_yaml)
+    if resume:
+        loop.load_state_dict(resume.state)
+        print(f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)")
+    elif init:
+        agent.load_state_dict(init["agent"])
+        print(f"agent initialized from {config.run.from_checkpoint}")
+    return loop
+
+
+def close(parts: Parts) -> None:
+    parts.logger.close()
+    parts.env.close()
+    if parts.eval_env is not None:
+        parts.eval_env.close()
+
+
+def train(config: Config, factories: Factories | None = None) -> int:
+    """Build and run; returns the exit status (0 done or terminated, 130 interrupted)."""
+    loop = build(config, factories)
+    with StopFlag() as stop:
+        try:
+            counters = loop.run(stop)
+        finally:
+            close(loop.parts)
+    ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"
+    print(f"{ended} {counters.step} steps, {counters.updates} updates")
+    summarize(Path(config.logdir), loop.parts.logger)
+    return stop.exit_status()
+
+
+def summarize(logdir: Path, logger: Logger) -> None:
+    """Write the plots and print where the run folder, plots and videos are."""
+    plots = make_plots(logdir)
+    print(f"run folder: {logdir}")
+    print(f"plots: {', '.join(map(str, plots)) or 'none (nothing logged yet)'}")
+    videos = sorted((logdir / "videos").glob("*")) if (logdir / "videos").is_dir() else []
+    print(f"videos: {logdir / 'videos'} ({len(videos)} files)" if videos else "videos: none")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = main_config(argv, prog="train.py")
+    try:
+        return train(config)
+    except (LogdirError, CheckpointError, NonFiniteError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train.py: interrupted twice; stopped without a final checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -217,6 +217,11 @@ class Logger:
         self.videos: dict[str, np.ndarray] = {}
         self.video_paths: list[Path] = []
 
+    @property
+    def pending(self) -> bool:
+        """Whether anything was logged since the last write."""
+        return bool(self.sums or self.histograms or self.videos)
+
     def scalar(self, name: str, value: float) -> None:
         self.sums[name] += float(value)
         self.counts[name] += 1

@@ -1,0 +1,283 @@
+"""The training loop: collect with the policy, add to replay, train at the configured ratio, log,
+evaluate, checkpoint.
+
+Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
+repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
+from the checkpoint and the replay from its chunks; the environments cannot be saved, so they are reset
+and the first step after a resume starts a new episode (`is_first`). The updates that follow a resume
+are bit-identical on CPU to those of the uninterrupted run (`train_updates` draws the same batches
+from the restored replay sampler and applies them to the same weights and optimizer states).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from configs.schema import RunConfig
+from run.checkpoint import Checkpointer
+from run.driver import Driver, random_policy
+from run.logger import Logger
+from run.schedule import Clock, Every, Ratio
+from run.seeding import generator_state, rng_state, set_generator_state, set_rng_state
+from run.stop import StopFlag
+from world_model.rssm import RSSMState
+
+
+class NonFiniteError(RuntimeError):
+    """Too many updates in a row had a non-finite loss or gradient."""
+
+
+class Parts(NamedTuple):
+    """What the loop drives; built by train.py's factories (tests swap any of them)."""
+
+    env: Any  # VecEnv: obs_space, act_space, num_envs, reset(), step(action), close()
+    replay: Any  # Replay: add, sample_torch, can_sample, __len__, stats, flush, state_dict
+    agent: Any  # Agent: policy, train, report, state_dict, device
+    logger: Logger
+    checkpointer: Checkpointer
+    eval_env: Any = None  # a VecEnv with its own seeds, or None when run.eval_every is 0
+
+
+@dataclass
+class Counters:
+    step: int = 0  # policy steps collected, all envs together
+    updates: int = 0  # updates applied to the weights
+    episodes: int = 0  # training episodes finished
+    nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in total
+    nonfinite_run: int = 0  # ... in a row, up to the latest update
+
+
+class EpisodeRecorder:
+    """Records the `image` frames of env 0's next full episode, once armed (for policy videos)."""
+
+    def __init__(self):
+        self.armed = False
+        self.frames: list[np.ndarray] = []
+        self.done: np.ndarray | None = None
+
+    def arm(self) -> None:
+        self.armed, self.frames, self.done = True, [], None
+
+    def __call__(self, step: dict[str, np.ndarray]) -> None:
+        if not self.armed or "image" not in step:
+            return
+        if not self.frames and not step["is_first"][0]:
+            return  # wait for the start of an episode
+        self.frames.append(step["image"][0])
+        if step["is_last"][0]:
+            self.armed, self.done = False, np.stack(self.frames)
+
+    def take(self) -> np.ndarray | None:
+        """The finished episode's frames [T, H, W, C] (once), or None."""
+        done, self.done = self.done, None
+        return done
+
+
+class Loop:
+    """Owns the schedules and counters; `run` is the loop itself."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        parts: Parts,
+        updates_per_step: float,
+        action_repeat: int,
+        seed: int,
+        config_yaml: str = "",
+    ):
+        """`config_yaml` (the resolved root config) is stored in checkpoints for the compatibility check."""
+        self.config = config
+        self.config_yaml = config_yaml
+        self.parts = parts
+        self.env, self.replay, self.agent, self.logger = parts.env, parts.replay, parts.agent, parts.logger
+        self.action_repeat = action_repeat
+        self.counters = Counters()
+        self.train_state: RSSMState | None = None  # the training carry: the last posterior of a batch
+        self.rng = np.random.default_rng(seed)  # actions of the random prefill policy
+        self.ratio = Ratio(updates_per_step)
+        self.should_eval = Every(config.eval_every if parts.eval_env is not None else 0)
+        self.should_video = Every(config.video_every)
+        self.should_save_steps = Every(config.save_every_steps)
+        self.should_save_time = Clock(config.save_every if config.save_every_steps <= 0 else -1)
+        self.should_log = Clock(config.log_every)
+        self.recorder = EpisodeRecorder()
+        self.driver = Driver(self.env)
+        self.driver.on_step(self._on_step)
+        self.driver.on_episode(self._on_episode)
+        self._speed = (time.monotonic(), 0, 0)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag) -> Counters:
+        """Collect, train, log, evaluate and checkpoint until `run.steps` or a stop request."""
+        self.prefill(stop)
+        policy = self.policy("train")
+        while self.counters.step < self.config.steps and not stop.requested:
+            self.driver(policy, steps=self.env.num_envs)
+            if self.replay.can_sample():
+                self.train_updates(self.ratio(self.env.num_envs))
+            if self.should_video(self.counters.step):
+                self.report()
+            if self.should_eval(self.counters.step):
+                self.evaluate()
+            if self.should_log():
+                self.write_logs()
+            if self.should_save_steps(self.counters.step) or self.should_save_time():
+                self.save()
+            self.logger.progress(self.counters.step, self.config.steps)
+        if self.logger.pending:
+            self.write_logs()
+        self.save()
+        return self.counters
+
+    # --- the steps of the loop ------------------------------------------------------------------------
+
+    def prefill(self, stop: StopFlag) -> None:
+        """Collect `run.prefill` policy steps with uniform random actions (skipped when resumed past it)."""
+        policy = random_policy(self.env.act_space, self.env.num_envs, self.rng)
+        while self.counters.step < self.config.prefill and not stop.requested:
+            self.driver(policy, steps=self.env.num_envs)
+            self.logger.progress(self.counters.step, self.config.steps)
+
+    def policy(self, mode: str) -> Callable:
+        """The agent's policy in the driver's signature; a None state starts from the initial state."""
+
+        def act(obs: dict[str, np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
+            if state is None:
+                state = self.agent.initial_policy_state(len(obs["is_first"]))
+            return self.agent.policy(obs, state, mode=mode)
+
+        return act
+
+    def train_updates(self, count: int) -> list[dict[str, float]]:
+        """Run `count` updates on replay batches; returns their metrics. Stops a diverged run."""
+        history = []
+        for _ in range(count):
+            batch = self.replay.sample_torch(self.agent.device)
+            self.train_state, metrics = self.agent.train(batch, self.train_state)
+            metrics = {k: float(v) for k, v in metrics.items()}
+            self._check_finite(metrics)
+            self.logger.scalars(metrics, prefix="train/")
+            history.append(metrics)
+        return history
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        losses = [v for k, v in metrics.items() if k.startswith("loss")]
+        if metrics.get("nonfinite", 0.0) > 0 or not all(math.isfinite(v) for v in losses):
+            self.counters.nonfinite += 1
+            self.counters.nonfinite_run += 1
+        else:
+            self.counters.updates += 1
+            self.counters.nonfinite_run = 0
+        if self.counters.nonfinite_run >= self.config.max_nonfinite:
+            last = self.parts.checkpointer.latest()
+            raise NonFiniteError(
+                f"stopping after {self.counters.nonfinite_run} updates in a row with a non-finite loss or "
+                f"gradient (run.max_nonfinite = {self.config.max_nonfinite}); the last good checkpoint is "
+                f"{last or 'none (no checkpoint was written yet)'}"
+            )
+
+    def report(self) -> None:
+        """Open-loop predictions on a replay batch, and the last recorded policy episode, to the logger."""
+        self.recorder.arm()
+        if not self.replay.can_sample():
+            return
+        for name, value in self.agent.report(self.replay.sample_torch(self.agent.device)).items():
+            value = np.asarray(value)
+            if value.dtype == np.uint8 and value.ndim == 4:
+                self.logger.video(f"report/{name}", value)
+            elif value.size == 1:
+                self.logger.scalar(f"report/{name}", float(value))
+
+    def evaluate(self) -> None:
+        """Run `run.eval_episodes` episodes with the eval policy on the eval envs; log their returns."""
+        driver, returns, lengths = Driver(self.parts.eval_env), [], []
+        recorder = EpisodeRecorder()
+        recorder.arm()
+        driver.on_step(recorder)
+        driver.on_episode(lambda stats: (returns.append(stats["return"]), lengths.append(stats["length"])))
+        policy = self.policy("eval")
+        while len(returns) < self.config.eval_episodes:
+            driver(policy, steps=self.parts.eval_env.num_envs)
+        self.logger.scalar("eval/return", float(np.mean(returns)))
+        self.logger.scalar("eval/length", float(np.mean(lengths)))
+        self.logger.histogram("eval/returns", np.array(returns))
+        frames = recorder.take()
+        if frames is not None:
+            self.logger.video("eval/policy", frames)
+
+    def write_logs(self) -> None:
+        now, last_step, last_updates = self._speed
+        elapsed = max(time.monotonic() - now, 1e-9)
+        self.logger.scalar("fps/policy", (self.counters.step - last_step) / elapsed)
+        self.logger.scalar("fps/updates", (self.counters.updates - last_updates) / elapsed)
+        self._speed = (time.monotonic(), self.counters.step, self.counters.updates)
+        self.logger.scalars(self.counter_scalars())
+        self.logger.scalars({k: float(v) for k, v in self.replay.stats().items()}, prefix="replay/")
+        frames = self.recorder.take()
+        if frames is not None:
+            self.logger.video("policy/episode", frames)
+        self.logger.write(self.counters.step)
+
+    def counter_scalars(self) -> dict[str, float]:
+        c = self.counters
+        return {
+            "frames": c.step * self.action_repeat,
+            "updates": c.updates,
+            "episodes": c.episodes,
+            "nonfinite": c.nonfinite,
+        }
+
+    def save(self) -> None:
+        """Flush the replay to its chunks (so disk equals memory) and write a checkpoint."""
+        self.replay.flush()
+        self.parts.checkpointer.save(self.state_dict(), self.counters.step)
+
+    # --- callbacks and state ------------------------------------------------------------------------
+
+    def _on_step(self, step: dict[str, np.ndarray]) -> None:
+        self.replay.add(step)
+        self.counters.step += len(step["is_first"])
+        self.recorder(step)
+
+    def _on_episode(self, stats: dict[str, Any]) -> None:
+        self.counters.episodes += 1
+        self.logger.scalar("episode/return", float(stats["return"]))
+        self.logger.scalar("episode/length", float(stats["length"]))
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.config_yaml,
+            "agent": self.agent.state_dict(),
+            "replay": self.replay.state_dict(),
+            "loop": {
+                "counters": asdict(self.counters),
+                "train_state": None if self.train_state is None else self.train_state._asdict(),
+                "ratio": self.ratio.state_dict(),
+                "eval": self.should_eval.state_dict(),
+                "video": self.should_video.state_dict(),
+                "save": self.should_save_steps.state_dict(),
+            },
+            "rng": {"global": rng_state(), "prefill": generator_state(self.rng)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint: weights, optimizers, replay sampler, counters, schedules, RNG."""
+        self.agent.load_state_dict(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        loop = state["loop"]
+        self.counters = Counters(**loop["counters"])
+        carry = loop["train_state"]
+        self.train_state = None if carry is None else RSSMState(**carry)
+        self.ratio.load_state_dict(loop["ratio"])
+        self.should_eval.load_state_dict(loop["eval"])
+        self.should_video.load_state_dict(loop["video"])
+        self.should_save_steps.load_state_dict(loop["save"])
+        set_generator_state(self.rng, state["rng"]["prefill"])
+        set_rng_state(state["rng"]["global"])
+        self._speed = (time.monotonic(), self.counters.step, self.counters.updates)
