@@ -178,14 +178,15 @@ class ActorCritic(nn.Module):
         super().__init__()
         if config.grad not in GRADS:
             raise ValueError(f"actor_critic.grad must be one of {GRADS}, got {config.grad!r}")
-        if config.grad == "dynamics" and act_space.discrete:
-            raise ValueError("actor_critic.grad 'dynamics' needs continuous actions; use 'reinforce'")
         if config.imag_horizon < 1 or config.horizon < 1:
             raise ValueError(
                 "actor_critic.imag_horizon and horizon must be >= 1, got "
                 f"{config.imag_horizon}, {config.horizon}"
             )
         self.config, self.act_space = config, act_space
+        # `grad` chooses the gradient for continuous actions; discrete ones always use REINFORCE (as
+        # the reference's `actor_grad_disc`).
+        self.grad = "reinforce" if act_space.discrete else config.grad
         self.actor = Actor(feat_size, act_space, config, norm)
         self.critic = Critic(feat_size, config, norm, bins, space)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -202,7 +203,7 @@ class ActorCritic(nn.Module):
         REINFORCE needs no gradient through the rollout, so it runs without autograd; "dynamics" keeps
         the gradient of the actions through the (frozen) world model.
         """
-        dynamics = self.config.grad == "dynamics"
+        dynamics = self.grad == "dynamics"
         policy = lambda state: self.actor(world_model.feat(state).detach()).sample()
         grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
         with grad_ctx:
@@ -230,7 +231,7 @@ class ActorCritic(nn.Module):
         adv = (ret - value[:, :-1].detach()) / scale
         policy = self.actor(feat[:, :-1])
         ent = policy.entropy()
-        if cfg.grad == "reinforce":
+        if self.grad == "reinforce":
             logpi = policy.log_prob(traj.action[:, :-1].detach())
             policy_loss = -weight[:, :-1] * (logpi * adv + cfg.entropy * ent)
         else:

@@ -165,8 +165,8 @@ def test_dynamics_gradient_reaches_actor_through_the_model_only():
     mean_weight = ac.actor.net.net[-1].weight.grad
     assert mean_weight is not None and mean_weight.abs().sum() > 0
     assert all(g is None for g in grads_of(ac.critic) + grads_of(ac.slow_critic) + grads_of(wm))
-    with pytest.raises(ValueError, match="needs continuous actions"):
-        make_ac("discrete", {"grad": "dynamics"})
+    # Discrete actions always use REINFORCE.
+    assert make_ac("discrete", {"grad": "dynamics"}).grad == "reinforce"
 
 
 def test_imag_loss_alignment_and_values():

@@ -1,0 +1,233 @@
+"""The Agent: owns the world model, the actor-critic and the optimizer; acts, trains and reports.
+
+No environment, replay or I/O lives here: `policy` maps a batch of observations to actions,
+`train` performs one update on a replayed batch, `report` renders open-loop predictions.
+One update (v2, dreamerv3/agent.py `Agent.loss`): the world-model loss on the batch, imagination from
+every posterior state, the policy / value / replay-value losses, one optimizer step over everything,
+then the slow critic's EMA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from agent.actor_critic import ActorCritic, ImagLoss, exact_action, flatten_starts
+from agent.optim import Optimizer
+from configs.schema import ActorCriticConfig, OptimConfig, WorldModelConfig
+from envs.spaces import ActionSpace, ArraySpec
+from world_model.heads import make_bins
+from world_model.rssm import RSSMState
+from world_model.world_model import WorldModel, WorldModelOutput
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+MODES = ("train", "eval")
+AC_LOSSES = ("policy", "value", "repval")
+# Open-loop reports: posterior context steps (as in the reference's report) and sequences shown.
+OPENLOOP_CONTEXT = 5
+OPENLOOP_SEQUENCES = 4
+
+
+class PolicyState(NamedTuple):
+    """What `policy` carries per env between calls: the posterior and the action taken there."""
+
+    latent: RSSMState  # [N, ...]
+    action: Tensor  # [N, A]
+
+
+class Agent:
+    """World model + actor-critic + optimizer(s).
+
+    Args:
+        wm_config, ac_config, optim_config: the config subtrees.
+        obs_space: observation key -> ArraySpec.
+        act_space: the agent-side action space.
+        device: where the modules live and the updates run.
+        precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32).
+    """
+
+    def __init__(
+        self,
+        wm_config: WorldModelConfig,
+        ac_config: ActorCriticConfig,
+        optim_config: OptimConfig,
+        obs_space: dict[str, ArraySpec],
+        act_space: ActionSpace,
+        device: torch.device,
+        precision: str = "float32",
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"run.precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        self.precision = precision
+        self.obs_space, self.act_space = obs_space, act_space
+        self.ac_config = ac_config
+        discount = 1.0 - 1.0 / ac_config.horizon
+        self.wm = WorldModel(wm_config, obs_space, act_space, discount).to(self.device)
+        bins, space = make_bins(wm_config.reward_bins, wm_config.bins)
+        self.ac = ActorCritic(
+            self.wm.feat_size, act_space, ac_config, wm_config.norm, bins, space, wm_config.cont_discount
+        ).to(self.device)
+        self.optim = Optimizer(
+            optim_config, {"model": self.wm, "actor": self.ac.actor, "critic": self.ac.critic}
+        )
+        self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
+        self.update_count = 0
+
+    # --- acting ----------------------------------------------------------------------------------
+    def initial_policy_state(self, num_envs: int) -> PolicyState:
+        latent = self.wm.initial(num_envs)
+        return PolicyState(latent, torch.zeros(num_envs, self.act_space.dim, device=self.device))
+
+    @torch.no_grad()
+    def policy(
+        self, obs: dict[str, np.ndarray], state: PolicyState | None, mode: str = "train"
+    ) -> tuple[np.ndarray, PolicyState]:
+        """Actions [N, A] float32 for N envs; the state resets where `obs["is_first"]`.
+
+        mode "train" samples from the policy, "eval" takes its mode. Discrete actions are one-hot,
+        continuous ones lie in [-1, 1].
+        """
+        if mode not in MODES:
+            raise ValueError(f"policy mode must be one of {MODES}, got {mode!r}")
+        is_first = self._tensor(obs["is_first"]).bool()
+        state = self.initial_policy_state(is_first.shape[0]) if state is None else state
+        inputs = {k: self._tensor(obs[k]) for k in self.obs_space}
+        with self._autocast():
+            latent = self.wm.observe_step(state.latent, state.action, inputs, is_first)
+            dist = self.ac.actor(self.wm.feat(latent))
+            action = dist.sample() if mode == "train" else dist.mode()
+        action = exact_action(action.float(), self.act_space)
+        latent = RSSMState(latent.deter.float(), latent.stoch.float())
+        return action.cpu().numpy().astype(np.float32), PolicyState(latent, action)
+
+    # --- learning --------------------------------------------------------------------------------
+    def train(
+        self, batch: dict[str, Any], state: RSSMState | None = None
+    ) -> tuple[RSSMState, dict[str, float]]:
+        """One update on a batch of [B, T, ...] arrays; returns the carry (last posterior) and metrics.
+
+        A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic
+        and the return scaler stay as they were, and `metrics["nonfinite"]` is 1.0.
+        """
+        data = {k: self._tensor(v) for k, v in batch.items()}
+        retnorm = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
+        wm_out = self.model_loss(data, state)
+        ac_losses, imag = self.behavior_loss(data, wm_out)
+        total = wm_out.loss + sum(self.scales[k] * v.mean() for k, v in ac_losses.items())
+        self.optim.zero_grad()
+        total.backward()
+        step = self.optim.step(total)
+        if step["nonfinite"]:
+            self.ac.retnorm.load_state_dict(retnorm)
+        else:
+            self.ac.update_slow()
+            self.update_count += 1
+        metrics = {**wm_out.metrics, **{f"ac/{k}": v for k, v in imag.metrics.items()}}
+        metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
+        metrics["loss/model"] = wm_out.loss.detach()
+        metrics["loss/total"] = total.detach()
+        return wm_out.state, {**to_floats(metrics), **step}
+
+    def model_loss(self, data: dict[str, Tensor], state: RSSMState | None) -> WorldModelOutput:
+        """The world model's loss and posteriors on the batch."""
+        with self._autocast():
+            return self.wm.loss(data, state)
+
+    def behavior_loss(
+        self, data: dict[str, Tensor], wm_out: WorldModelOutput
+    ) -> tuple[dict[str, Tensor], ImagLoss]:
+        """Actor-critic losses keyed like `actor_critic.loss_scales`, each [B, T] ([B, T-1] for repval).
+
+        Imagination starts from every posterior of the batch (B x T starts, detached); the policy and
+        value losses are averaged over the imagined horizon per start, as in the reference.
+        """
+        B, T = data["is_first"].shape
+        with self._autocast():
+            start = RSSMState(*(flatten_starts(x.detach()) for x in wm_out.posts))
+            imag = self.ac.imag_loss(self.ac.imagine(self.wm, start))
+            losses = {k: rearrange(v.mean(1), "(b t) -> b t", b=B, t=T) for k, v in imag.losses.items()}
+            if self.scales["repval"]:
+                feat = self.wm.feat(wm_out.posts)
+                feat = feat if self.ac_config.repval_grad else feat.detach()
+                boot = rearrange(imag.ret[:, 0], "(b t) -> b t", b=B, t=T)
+                losses["repval"], _ = self.ac.repl_loss(
+                    feat, data["reward"], data["is_last"], data["is_terminal"], boot
+                )
+        return losses, imag
+
+    # --- reporting -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def report(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Open-loop predictions: 5 posterior steps, then the prior on the real actions.
+
+        For every decoded key: `openloop/<key>_mse` [T] the mean squared error per step (in [0, 1]
+        pixel units for images, raw units for vectors). For image keys also `openloop/<key>`: uint8
+        video [T, 3H, W * n, C] of true / predicted / error rows for n = min(B, 4) sequences.
+        """
+        n = min(OPENLOOP_SEQUENCES, len(batch["is_first"]))
+        data = {k: self._tensor(v[:n]) for k, v in batch.items()}
+        T = data["is_first"].shape[1]
+        with self._autocast():
+            pred = self.wm.open_loop(data, min(OPENLOOP_CONTEXT, T))
+        out = {}
+        for key, value in pred.items():
+            value = value.float()
+            truth = data[key].float() / 255.0 if key in self.wm.image_keys else data[key].float()
+            err = (value - truth).square()
+            out[f"openloop/{key}_mse"] = err.flatten(2).mean((0, 2)).cpu().numpy()
+            if key in self.wm.image_keys:
+                out[f"openloop/{key}"] = openloop_video(truth, value.clamp(0, 1))
+        return out
+
+    # --- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything learned and running: modules (incl. slow critic and return scaler), optimizer
+        states, the update count. Tensors and plain python values only (weights-only loadable)."""
+        return {
+            "world_model": self.wm.state_dict(),
+            "actor_critic": self.ac.state_dict(),
+            "optim": self.optim.state_dict(),
+            "update_count": self.update_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wm.load_state_dict(state["world_model"])
+        self.ac.load_state_dict(state["actor_critic"])
+        self.optim.load_state_dict(state["optim"])
+        self.update_count = int(state["update_count"])
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _tensor(self, x: Any) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.dtype == torch.float64:
+            x = x.float()
+        return x.to(self.device, non_blocking=True)
+
+
+def openloop_video(truth: Tensor, pred: Tensor) -> np.ndarray:
+    """truth, pred: [B, T, H, W, C] in [0, 1] -> uint8 [T, 3H, B*W, C] rows: true, predicted, error."""
+    error = (pred - truth + 1.0) / 2.0
+    video = torch.cat([truth, pred, error], 2)
+    video = rearrange(video, "b t h w c -> t h (b w) c")
+    return (video * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:
+    """Scalar tensors -> python floats with a single device synchronization."""
+    keys = list(metrics)
+    tensors = [torch.as_tensor(metrics[k]).detach().float().reshape(()) for k in keys]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    values = torch.stack([t.to(device) for t in tensors]).cpu().tolist() if tensors else []
+    return dict(zip(keys, values, strict=True))

@@ -1,0 +1,227 @@
+"""The Agent: one full update, skip on non-finite, slow critic EMA, checkpoints, batched acting, report."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from agent import make_agent, resolve_device
+from configs.loader import load_config
+from envs.spaces import ActionSpace, ArraySpec
+
+B, T = 3, 6
+OBS = {"vector": ArraySpec((4,), np.float32), "image": ArraySpec((16, 16, 3), np.uint8)}
+DISCRETE = ActionSpace("discrete", 2, (2,))
+CONTINUOUS = ActionSpace("continuous", 2)
+
+
+def make(presets=("debug",), overrides=None, act_space=DISCRETE, obs_space=OBS, seed=0):
+    torch.manual_seed(seed)
+    return make_agent(load_config(list(presets), overrides or {}), obs_space, act_space)
+
+
+def batch(act_space=DISCRETE, seed=0, obs_space=OBS):
+    rng = np.random.default_rng(seed)
+    data = {
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": np.zeros((B, T), bool),
+        "is_last": np.zeros((B, T), bool),
+        "is_terminal": np.zeros((B, T), bool),
+    }
+    if "vector" in obs_space:
+        data["vector"] = rng.normal(size=(B, T, 4)).astype(np.float32)
+    if "image" in obs_space:
+        data["image"] = rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)
+    if act_space.discrete:
+        data["action"] = np.eye(act_space.dim, dtype=np.float32)[rng.integers(0, act_space.dim, (B, T))]
+    else:
+        data["action"] = rng.uniform(-1, 1, (B, T, act_space.dim)).astype(np.float32)
+    data["is_first"][:, 0] = True
+    data["is_last"][1, 3] = data["is_terminal"][1, 3] = True
+    data["is_first"][1, 4] = True
+    return data
+
+
+def params(agent):
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name, m in (("wm", agent.wm), ("ac", agent.ac))
+        for k, v in m.state_dict().items()
+    }
+
+
+def serialized(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
+    agent = make()
+    before = params(agent)
+    state, metrics = agent.train(batch(), None)
+    assert state.deter.shape == (B, 32) and not state.deter.requires_grad
+    expected = {
+        "loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn", "loss/model", "loss/total",
+        "ac/ret", "ac/adv", "ac/value", "ac/slow_value", "ac/entropy", "ac/entropy_normed", "ac/ret_scale",
+        "ac/imag_reward", "ac/imag_cont", "grad_norm/model", "grad_norm/actor", "grad_norm/critic",
+        "lr", "nonfinite",
+    }  # fmt: skip
+    assert expected <= set(metrics), expected - set(metrics)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+    assert metrics["nonfinite"] == 0.0 and metrics["lr"] == 0.0 and agent.update_count == 1
+    # The warm-up starts at lr 0 (as the reference's optax schedule): learned weights are unchanged,
+    # the return scaler (a running statistic) has moved.
+    after = params(agent)
+    assert all(torch.equal(after[k], v) for k, v in before.items() if "retnorm" not in k)
+    state, metrics = agent.train(batch(seed=1), state)
+    after = params(agent)
+    changed = [k for k, v in before.items() if not torch.equal(after[k], v)]
+    assert any(k.startswith("wm.") for k in changed) and any(k.startswith("ac.actor") for k in changed)
+    assert any(k.startswith("ac.critic") for k in changed) and any(
+        k.startswith("ac.slow_critic") for k in changed
+    )
+    assert agent.update_count == 2 and metrics["lr"] > 0
+
+
+def test_nonfinite_batch_skips_the_update_entirely():
+    agent = make()
+    state, _ = agent.train(batch(), None)
+    before, optim_before = params(agent), serialized(agent.optim.state_dict())
+    bad = batch(seed=1)
+    bad["vector"][0, 2, 1] = np.nan
+    _, metrics = agent.train(bad, state)
+    assert metrics["nonfinite"] == 1.0 and agent.update_count == 1
+    after = params(agent)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert serialized(agent.optim.state_dict()) == optim_before
+
+
+def test_slow_critic_moves_only_by_its_ema_in_train():
+    agent = make(overrides={"optim": {"warmup": 0}})
+    slow = [p.detach().clone() for p in agent.ac.slow_critic.parameters()]
+    agent.train(batch(), None)
+    for s, old, fast in zip(
+        agent.ac.slow_critic.parameters(), slow, agent.ac.critic.parameters(), strict=True
+    ):
+        torch.testing.assert_close(s, 0.98 * old + 0.02 * fast.detach())
+
+
+def test_behavior_losses_leave_the_world_model_alone_except_repval():
+    for repval_grad in (False, True):
+        agent = make(overrides={"actor_critic": {"repval_grad": repval_grad}})
+        data = {k: agent._tensor(v) for k, v in batch().items()}
+        wm_out = agent.model_loss(data, None)
+        losses, _ = agent.behavior_loss(data, wm_out)
+        assert losses["policy"].shape == losses["value"].shape == (B, T) and losses["repval"].shape == (
+            B,
+            T - 1,
+        )
+        (losses["policy"].mean() + losses["value"].mean()).backward(retain_graph=True)
+        assert all(p.grad is None for p in agent.wm.parameters())
+        agent.ac.actor.zero_grad(set_to_none=True)
+        losses["repval"].mean().backward()
+        wm_grads = [p.grad for p in agent.wm.rssm.parameters() if p.grad is not None]
+        assert bool(wm_grads) == repval_grad
+        assert all(p.grad is None for p in agent.ac.actor.parameters())
+
+
+def test_state_dict_round_trip_through_weights_only_load():
+    agent = make(overrides={"optim": {"warmup": 0}})
+    state, _ = agent.train(batch(), None)
+    agent.train(batch(seed=1), state)
+    buf = io.BytesIO()
+    torch.save(agent.state_dict(), buf)
+    buf.seek(0)
+    other = make(seed=1)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other.update_count == 2
+    theirs = params(other)
+    assert all(torch.equal(theirs[k], v) for k, v in params(agent).items())
+    assert other.ac.retnorm.hi.item() == agent.ac.retnorm.hi.item() != 0.0
+    # The next update is identical too (same seed for the samples).
+    for a in (agent, other):
+        torch.manual_seed(5)
+        a.train(batch(seed=2), None)
+    theirs = params(other)
+    assert all(torch.equal(theirs[k], v) for k, v in params(agent).items())
+
+
+def test_policy_batched_over_envs_with_resets():
+    agent = make()
+    data = batch()
+    obs = {k: v[:, 0] for k, v in data.items()}
+    action, state = agent.policy(obs, None, "train")
+    assert action.shape == (B, 2) and action.dtype == np.float32
+    assert np.array_equal(action.sum(-1), np.ones(B)) and set(np.unique(action)) <= {0.0, 1.0}
+    obs = {k: v[:, 1] for k, v in data.items()}
+    obs["is_first"] = np.array([False, True, False])
+    _, state2 = agent.policy(obs, state, "eval")
+    # The deterministic state after a reset depends on nothing before it: equal to a fresh start's.
+    _, fresh = agent.policy({k: v[1:2] for k, v in obs.items()}, None, "eval")
+    torch.testing.assert_close(state2.latent.deter[1], fresh.latent.deter[0])
+    # Envs that did not reset kept their own history.
+    _, fresh_all = agent.policy({**obs, "is_first": np.ones(B, bool)}, None, "eval")
+    for i in (0, 2):
+        assert not torch.allclose(state2.latent.deter[i], fresh_all.latent.deter[i])
+    with pytest.raises(ValueError, match="policy mode must be one of"):
+        agent.policy(obs, state, "explore")
+
+
+def test_continuous_policy_eval_takes_the_mode_at_the_new_latent():
+    agent = make(act_space=CONTINUOUS)
+    obs = {k: v[:, 0] for k, v in batch(CONTINUOUS).items()}
+    action, state = agent.policy(obs, None, "train")
+    assert action.shape == (B, 2) and np.abs(action).max() <= 1.0
+    action, state = agent.policy(obs, None, "eval")
+    with torch.no_grad():
+        mode = agent.ac.actor(agent.wm.feat(state.latent)).mode()
+    np.testing.assert_array_equal(action, mode.clamp(-1, 1).numpy())
+
+
+@pytest.mark.parametrize(
+    "presets,act_space",
+    [
+        (("debug", "v1"), CONTINUOUS),
+        (("debug", "v1"), DISCRETE),
+        (("debug",), ActionSpace("multidiscrete", 5, (2, 3))),
+    ],
+    ids=["v1-continuous-dynamics", "v1-discrete", "v2-multidiscrete"],
+)
+def test_variants_train(presets, act_space):
+    agent = make(presets, act_space=act_space)
+    state = None
+    for seed in range(2):
+        state, metrics = agent.train(batch(act_space, seed), state)
+    assert metrics["nonfinite"] == 0.0 and all(np.isfinite(v) for v in metrics.values())
+    if "v1" in presets:
+        assert "loss/repval" not in metrics and set(agent.optim.optimizers) == {"model", "actor", "critic"}
+
+
+def test_bfloat16_autocast_trains_and_acts():
+    agent = make(overrides={"run": {"precision": "bfloat16"}})
+    state, metrics = agent.train(batch(), None)
+    assert metrics["nonfinite"] == 0.0 and np.isfinite(metrics["loss/total"])
+    action, pstate = agent.policy({k: v[:, 0] for k, v in batch().items()}, None, "train")
+    assert pstate.latent.deter.dtype == torch.float32 and action.shape == (B, 2)
+
+
+def test_report_openloop_video_and_errors():
+    agent = make()
+    out = agent.report(batch())
+    assert out["openloop/image"].shape == (T, 3 * 16, B * 16, 3) and out["openloop/image"].dtype == np.uint8
+    assert out["openloop/image_mse"].shape == (T,) and out["openloop/vector_mse"].shape == (T,)
+    # The top row is the data itself.
+    np.testing.assert_array_equal(out["openloop/image"][:, :16, :16], batch()["image"][0])
+    vector_only = make(obs_space={"vector": OBS["vector"]})
+    out = vector_only.report(batch(obs_space={"vector": OBS["vector"]}))
+    assert set(out) == {"openloop/vector_mse"} and np.all(np.isfinite(out["openloop/vector_mse"]))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="run.precision must be one of"):
+        make(overrides={"run": {"precision": "float16"}})
+    with pytest.raises(ValueError, match="run.device"):
+        resolve_device("tpu")
+    assert resolve_device("cpu") == torch.device("cpu")
