@@ -15,7 +15,10 @@ STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """Shape (without batch dims) and dtype of one observation key: images uint8 [H, W, C], vectors float32 [D]."""
+    """Shape (without batch dims) and dtype of one observation key.
+
+    Images are uint8 [H, W, C], vectors float32 [D].
+    """
 
     shape: tuple[int, ...]
     dtype: np.dtype
