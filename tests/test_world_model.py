@@ -1,0 +1,279 @@
+"""World model: shapes and metrics, gradient health, stop-gradient directions, resets, acting, fitting."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configs.loader import load_config
+from envs.spaces import ActionSpace, ArraySpec
+from world_model.rssm import RSSMState
+from world_model.world_model import LOSS_KEYS, WorldModel
+
+SPACES = {
+    "vector": {"vector": ArraySpec((4,), np.float32)},
+    "image": {"image": ArraySpec((16, 16, 3), np.uint8)},
+    "both": {"vector": ArraySpec((4,), np.float32), "image": ArraySpec((16, 16, 3), np.uint8)},
+}
+ACT = ActionSpace("discrete", 3, (3,))
+
+
+def make(obs="both", seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = load_config(["debug"], {"world_model": overrides})
+    return WorldModel(cfg.world_model, SPACES[obs], ACT, discount=0.99)
+
+
+def batch(obs="both", B=3, T=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = {
+        "action": F.one_hot(torch.randint(0, 3, (B, T), generator=g), 3).float(),
+        "reward": torch.randn(B, T, generator=g),
+        "is_first": torch.zeros(B, T, dtype=torch.bool),
+        "is_last": torch.zeros(B, T, dtype=torch.bool),
+        "is_terminal": torch.zeros(B, T, dtype=torch.bool),
+    }
+    data["is_first"][:, 0] = True
+    if T > 3:
+        data["is_first"][0, 3] = True
+        data["is_terminal"][0, 2] = data["is_last"][0, 2] = True
+    if "vector" in SPACES[obs]:
+        data["vector"] = torch.randn(B, T, 4, generator=g) * 3
+    if "image" in SPACES[obs]:
+        data["image"] = torch.randint(0, 256, (B, T, 16, 16, 3), generator=g, dtype=torch.uint8)
+    return data
+
+
+@pytest.mark.parametrize("obs", ["vector", "image", "both"])
+def test_loss_terms_shapes_and_metrics(obs):
+    wm, data = make(obs), batch(obs)
+    out = wm.loss(data)
+    assert set(out.losses) == set(LOSS_KEYS)
+    assert all(v.shape == (3, 6) for v in out.losses.values())
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert out.posts.deter.shape == (3, 6, 32) and out.posts.stoch.shape == (3, 6, 4, 4)
+    assert out.state.deter.shape == (3, 32) and not out.state.deter.requires_grad
+    m = out.metrics
+    for key in ["elbo", "rate", "distortion", "prior_ent", "post_ent", "kl/max", "distortion/reward"]:
+        assert key in m and torch.isfinite(m[key])
+    assert ("bits_per_dim/image" in m) == ("image" in SPACES[obs])
+    for key in SPACES[obs]:
+        assert f"distortion/{key}" in m and f"rec/{key}" in m
+    # ELBO = -distortion - rate; the loss is the scaled sum of the unreduced terms.
+    torch.testing.assert_close(m["elbo"], -m["distortion"] - m["rate"])
+    scales = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
+    torch.testing.assert_close(out.loss, sum(scales[k] * v for k, v in out.losses.items()).mean())
+
+
+def test_distortion_uses_gaussian_with_obs_std_in_symlog_space():
+    wm, data = make("vector", obs_std=0.5), batch("vector")
+    out = wm.loss(data)
+    sq = out.metrics["rec/vector"]
+    expected = 0.5 * sq / 0.25 + 4 * (np.log(0.5) + 0.5 * np.log(2 * np.pi))
+    torch.testing.assert_close(out.metrics["distortion/vector"], expected)
+
+
+def test_heads_start_at_exactly_zero_reward():
+    wm = make("vector")
+    feat = torch.randn(5, 7, wm.feat_size)
+    assert torch.all(wm.reward_dist(feat).mean() == 0)
+    assert wm.cont_dist(feat).mean().shape == (5, 7)
+
+
+def test_continuation_target_is_discounted():
+    wm, data = make("vector"), batch("vector")
+    feat = torch.randn(3, 6, wm.feat_size)
+    lik = wm.likelihood(feat, data)
+    target = (1.0 - data["is_terminal"].float()) * 0.99
+    torch.testing.assert_close(lik.con, -wm.cont_dist(feat).log_prob(target))
+    wm_v1 = make("vector", cont_discount=False)
+    assert wm_v1.discount == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"latent": "gaussian"},
+        {"gru": "plain", "initial": "learned", "norm": "layer", "reward_bins": "symlog"},
+    ],
+)
+def test_every_parameter_gets_finite_nonzero_gradient(overrides):
+    wm, data = make("both", free_nats=0.0, **overrides), batch("both")
+    opt = torch.optim.Adam(wm.parameters(), lr=1e-3)
+    # One step first: the zero-initialized reward output blocks gradients to its hidden layer at init.
+    for _ in range(2):
+        opt.zero_grad()
+        wm.loss(data).loss.backward()
+        opt.step()
+    for name, p in wm.named_parameters():
+        assert p.grad is not None, name
+        assert torch.all(torch.isfinite(p.grad)), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def _grads(wm, loss):
+    wm.zero_grad()
+    loss.backward()
+    return {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in wm.named_parameters()}
+
+
+def test_stop_gradient_directions_of_dyn_and_rep():
+    """dyn = KL[sg(q) || p] trains the prior, rep = KL[q || sg(p)] the posterior.
+
+    As in the reference, the prior at step t sits on h_t, which depends on the posterior sample z_{t-1};
+    so over a sequence dyn reaches the encoder through the recurrence, but never through q(z_t) itself.
+    With one step there is no recurrence, and dyn gives the encoder and posterior exactly zero gradient.
+    """
+    wm, data = make("both", free_nats=0.0), batch("both", T=1)
+    # Continue from a carried state (at a reset the first deter is exactly 0 and so is the prior's input).
+    data["is_first"][:] = False
+    carried = RSSMState(torch.randn(3, 32), F.one_hot(torch.randint(0, 4, (3, 4)), 4).float())
+    g = _grads(wm, wm.loss(data, carried).losses["dyn"].sum())
+    assert all(v == 0 for n, v in g.items() if n.startswith(("encoder.", "rssm.post_")))
+    assert all(v > 0 for n, v in g.items() if n.startswith("rssm.prior_net."))
+    g = _grads(wm, wm.loss(batch("both")).losses["rep"].sum())
+    assert all(v == 0 for n, v in g.items() if n.startswith("rssm.prior_net."))
+    assert all(v > 0 for n, v in g.items() if n.startswith(("encoder.", "rssm.post_")))
+
+
+def test_free_bits_give_exactly_zero_gradient_below_threshold():
+    wm, data = make("both", free_nats=1e6), batch("both")
+    out = wm.loss(data)
+    assert torch.all(out.losses["dyn"] == 1e6)
+    g = _grads(wm, (out.losses["dyn"] + out.losses["rep"]).sum())
+    assert all(v == 0 for v in g.values())
+
+
+def test_prev_actions_shift_and_reset():
+    action = torch.arange(1.0, 7.0).view(1, 6, 1)
+    is_first = torch.tensor([[True, False, False, True, False, False]])
+    prev = WorldModel.prev_actions(action, is_first)
+    assert prev.flatten().tolist() == [0.0, 1.0, 2.0, 0.0, 4.0, 5.0]
+
+
+def test_state_resets_where_is_first():
+    wm, data = make("vector"), batch("vector")
+    torch.manual_seed(1)
+    a = wm.loss(data)
+    other = dict(data, vector=data["vector"].clone(), action=data["action"].clone())
+    other["vector"][0, :3] += 5.0
+    other["action"][0, :3] = other["action"][0, :3].flip(-1)
+    carried = RSSMState(torch.randn(3, 32), a.state.stoch)
+    torch.manual_seed(1)
+    b = wm.loss(other, state=carried)
+    # Sequence 0 restarts at t = 3: from there on nothing before it matters.
+    torch.testing.assert_close(a.posts.deter[0, 3:], b.posts.deter[0, 3:])
+    assert not torch.allclose(a.posts.deter[0, 2], b.posts.deter[0, 2])
+
+
+def test_observe_step_matches_observe():
+    wm, data = make("both"), batch("both")
+    torch.manual_seed(2)
+    out = wm.loss(data)
+    torch.manual_seed(2)
+    state = wm.initial(3)
+    prev = WorldModel.prev_actions(data["action"], data["is_first"])
+    for t in range(6):
+        obs = {k: data[k][:, t] for k in ("vector", "image")}
+        state = wm.observe_step(state, prev[:, t], obs, data["is_first"][:, t])
+    torch.testing.assert_close(state.deter, out.state.deter)
+    torch.testing.assert_close(state.stoch, out.state.stoch)
+
+
+def test_imagine_shapes_and_actions():
+    wm = make("vector", latent="gaussian")
+    start = RSSMState(torch.randn(5, 32), torch.randn(5, 4))
+    seen = []
+
+    def policy(state):
+        seen.append(state.deter)
+        return F.one_hot(torch.full((5,), len(seen) % 3), 3).float()
+
+    states, actions = wm.rssm.imagine(start, policy, horizon=4)
+    assert states.deter.shape == (5, 5, 32) and states.stoch.shape == (5, 5, 4) and actions.shape == (5, 5, 3)
+    torch.testing.assert_close(states.deter[:, 0], start.deter)
+    assert len(seen) == 5 and not seen[0].requires_grad
+    assert wm.feat(states).shape == (5, 5, wm.feat_size)
+
+
+def test_open_loop_shapes_and_context_is_posterior():
+    wm, data = make("both"), batch("both")
+    pred = wm.open_loop(data, context=3)
+    assert pred["image"].shape == (3, 6, 16, 16, 3) and pred["vector"].shape == (3, 6, 4)
+    assert pred["image"].min() >= 0 and pred["image"].max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"latent": "beta"}, "world_model.latent must be one of"),
+        ({"gru": "lstm"}, "world_model.gru must be one of"),
+        ({"initial": "random"}, "world_model.initial must be one of"),
+        ({"reward_bins": "linear"}, "world_model.reward_bins must be one of"),
+        ({"blocks": 5}, r"world_model.deter \(32\) must be divisible by world_model.blocks \(5\)"),
+        ({"encoder": {"vector_keys": "", "image_keys": ""}}, "the encoder matches no observation key"),
+    ],
+)
+def test_bad_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make("both", **overrides)
+
+
+def test_bad_image_size_error():
+    cfg = load_config(["debug"])
+    with pytest.raises(ValueError, match="cannot be halved down to minres 4"):
+        WorldModel(cfg.world_model, {"image": ArraySpec((24, 24, 3), np.uint8)}, ACT, 0.99)
+
+
+def linear_system(B, T, seed):
+    """A rotating 2-D point pushed by one-hot actions, observed with noise: x' = R x + 0.3 u."""
+    g = torch.Generator().manual_seed(seed)
+    angle = 0.3
+    rot = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float32)
+    push = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.0, 0.3]])
+    idx = torch.randint(0, 3, (B, T), generator=g)
+    x = torch.randn(B, 2, generator=g)
+    xs = []
+    for t in range(T):
+        xs.append(x)
+        x = x @ rot.T + push[idx[:, t]]
+    state = torch.stack(xs, 1)
+    obs = torch.cat([state, state.square().sum(-1, keepdim=True), torch.zeros(B, T, 1)], -1)
+    data = {
+        "vector": obs + 0.02 * torch.randn(B, T, 4, generator=g),
+        "action": F.one_hot(idx, 3).float(),
+        "reward": state[..., 0].clone(),
+        "is_first": torch.zeros(B, T, dtype=torch.bool),
+        "is_last": torch.zeros(B, T, dtype=torch.bool),
+        "is_terminal": torch.zeros(B, T, dtype=torch.bool),
+    }
+    data["is_first"][:, 0] = True
+    return data, obs
+
+
+def _open_loop_error(wm, seed):
+    data, clean = linear_system(32, 16, seed)
+    pred = wm.open_loop(data, context=6)["vector"]
+    return (pred[:, 6:] - clean[:, 6:]).square().mean().item()
+
+
+def test_fitting_a_linear_system_raises_elbo_and_lowers_open_loop_error():
+    wm = make("vector")
+    opt = torch.optim.Adam(wm.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    eval_data, _ = linear_system(32, 16, seed=999)
+    with torch.no_grad():
+        elbo_start = wm.loss(eval_data).metrics["elbo"].item()
+    err_start = _open_loop_error(wm, 999)
+    for step in range(300):
+        data, _ = linear_system(16, 16, seed=step)
+        out = wm.loss(data)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        elbo_end = wm.loss(eval_data).metrics["elbo"].item()
+    err_end = _open_loop_error(wm, 999)
+    assert elbo_end > elbo_start + 5.0, (elbo_start, elbo_end)
+    assert err_end < 0.5 * err_start, (err_start, err_end)
