@@ -78,6 +78,8 @@ class Agent:
         )
         self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
         self.update_count = 0
+        # The return scaler's statistics before the latest forward pass, restored if its update is skipped.
+        self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
 
     # --- acting ----------------------------------------------------------------------------------
     def initial_policy_state(self, num_envs: int) -> PolicyState:
@@ -115,24 +117,43 @@ class Agent:
         A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic
         and the return scaler stay as they were, and `metrics["nonfinite"]` is 1.0.
         """
-        data = {k: self._tensor(v) for k, v in batch.items()}
-        retnorm = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
+        data = self.to_device(batch)
         wm_out = self.model_loss(data, state)
         ac_losses, imag = self.behavior_loss(data, wm_out)
-        total = wm_out.loss + sum(self.scales[k] * v.mean() for k, v in ac_losses.items())
-        self.optim.zero_grad()
-        total.backward()
-        step = self.optim.step(total)
-        if step["nonfinite"]:
-            self.ac.retnorm.load_state_dict(retnorm)
-        else:
-            self.ac.update_slow()
-            self.update_count += 1
+        total = self.total_loss(wm_out, ac_losses)
+        self.backward(total)
+        step = self.step(total)
         metrics = {**wm_out.metrics, **{f"ac/{k}": v for k, v in imag.metrics.items()}}
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
         metrics["loss/model"] = wm_out.loss.detach()
         metrics["loss/total"] = total.detach()
         return wm_out.state, {**to_floats(metrics), **step}
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Arrays or tensors [B, T, ...] -> tensors on the device (float64 -> float32, images stay uint8)."""
+        return {k: self._tensor(v) for k, v in batch.items()}
+
+    def total_loss(self, wm_out: WorldModelOutput, ac_losses: dict[str, Tensor]) -> Tensor:
+        """The one scalar all modules descend: world-model loss + scaled actor-critic losses."""
+        return wm_out.loss + sum(self.scales[k] * v.mean() for k, v in ac_losses.items())
+
+    def backward(self, total: Tensor) -> None:
+        self.optim.zero_grad()
+        total.backward()
+
+    def step(self, total: Tensor) -> dict[str, float]:
+        """Optimizer step and slow-critic EMA, or nothing at all when `total` or a gradient is non-finite.
+
+        The return scaler already saw this batch's returns in the forward pass; a skipped update takes
+        that back, so nothing learned or running changes.
+        """
+        step = self.optim.step(total)
+        if step["nonfinite"]:
+            self.ac.retnorm.load_state_dict(self._retnorm_before)
+        else:
+            self.ac.update_slow()
+            self.update_count += 1
+        return step
 
     def model_loss(self, data: dict[str, Tensor], state: RSSMState | None) -> WorldModelOutput:
         """The world model's loss and posteriors on the batch."""
@@ -148,6 +169,7 @@ class Agent:
         value losses are averaged over the imagined horizon per start, as in the reference.
         """
         B, T = data["is_first"].shape
+        self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
         with self._autocast():
             start = RSSMState(*(flatten_starts(x.detach()) for x in wm_out.posts))
             imag = self.ac.imag_loss(self.ac.imagine(self.wm, start))

@@ -111,7 +111,7 @@ def test_slow_critic_moves_only_by_its_ema_in_train():
 def test_behavior_losses_leave_the_world_model_alone_except_repval():
     for repval_grad in (False, True):
         agent = make(overrides={"actor_critic": {"repval_grad": repval_grad}})
-        data = {k: agent._tensor(v) for k, v in batch().items()}
+        data = agent.to_device(batch())
         wm_out = agent.model_loss(data, None)
         losses, _ = agent.behavior_loss(data, wm_out)
         assert losses["policy"].shape == losses["value"].shape == (B, T) and losses["repval"].shape == (

@@ -1,0 +1,139 @@
+"""Milliseconds per full agent update and its parts, and peak memory.
+
+One update = world-model loss, imagination + actor-critic losses, one backward pass, optimizer step
+(with the slow-critic EMA), exactly as `Agent.train` runs them. Synthetic batches of B x T steps with
+either a 4-dim vector observation or a 64x64x3 image, 2 discrete actions.
+
+    python bench/update.py --presets size1m size12m --repeats 5 --threads 2
+
+Prints one line per (preset, observation) with the median over `--repeats` timed updates after
+`--warmup` untimed ones. Peak memory is the process's peak resident set on CPU (it only grows over the
+run, so later lines include earlier ones) or the peak CUDA allocation per configuration on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import make_agent  # noqa: E402
+from configs.loader import load_config  # noqa: E402
+from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
+
+PARTS = ("world_model", "behavior", "backward", "optimizer")
+OBS_SPACES = {
+    "vector": {"vector": ArraySpec((4,), np.float32)},
+    "image": {"image": ArraySpec((64, 64, 3), np.uint8)},
+}
+ACT_SPACE = ActionSpace("discrete", 2, (2,))
+
+
+def synthetic_batch(obs_space, B: int, T: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = {
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": np.zeros((B, T), bool),
+        "is_last": np.zeros((B, T), bool),
+        "is_terminal": np.zeros((B, T), bool),
+        "action": np.eye(2, dtype=np.float32)[rng.integers(0, 2, (B, T))],
+    }
+    data["is_first"][:, 0] = True
+    for key, spec in obs_space.items():
+        if spec.is_image:
+            data[key] = rng.integers(0, 256, (B, T, *spec.shape), dtype=np.uint8)
+        else:
+            data[key] = rng.normal(size=(B, T, *spec.shape)).astype(np.float32)
+    return data
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_update(agent, data, state) -> tuple[dict[str, float], object]:
+    """One update, split at the same seams as `Agent.train`; seconds per part."""
+    times, device = {}, agent.device
+    sync(device)
+    t0 = time.perf_counter()
+    wm_out = agent.model_loss(data, state)
+    sync(device)
+    t1 = time.perf_counter()
+    losses, _ = agent.behavior_loss(data, wm_out)
+    total = agent.total_loss(wm_out, losses)
+    sync(device)
+    t2 = time.perf_counter()
+    agent.backward(total)
+    sync(device)
+    t3 = time.perf_counter()
+    agent.step(total)
+    sync(device)
+    t4 = time.perf_counter()
+    times.update(world_model=t1 - t0, behavior=t2 - t1, backward=t3 - t2, optimizer=t4 - t3, total=t4 - t0)
+    return times, wm_out.state
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(preset: str, obs: str, args) -> dict[str, float]:
+    overrides = {"run": {"device": args.device, "precision": args.precision}}
+    config = load_config([preset], overrides)
+    B, T = config.replay.batch_size, config.replay.batch_length
+    torch.manual_seed(0)
+    agent = make_agent(config, OBS_SPACES[obs], ACT_SPACE)
+    if agent.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(agent.device)
+    data = agent.to_device(synthetic_batch(OBS_SPACES[obs], B, T))
+    state, runs = None, []
+    for i in range(args.warmup + args.repeats):
+        times, state = timed_update(agent, data, state)
+        if i >= args.warmup:
+            runs.append(times)
+    result = {k: 1000 * statistics.median(r[k] for r in runs) for k in (*PARTS, "total")}
+    result["params_m"] = sum(p.numel() for m in (agent.wm, agent.ac) for p in m.parameters()) / 1e6
+    result["peak_mb"] = peak_memory_mb(agent.device)
+    result.update(B=B, T=T, H=config.actor_critic.imag_horizon)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["size1m", "size12m"])
+    parser.add_argument("--obs", nargs="+", default=list(OBS_SPACES), choices=list(OBS_SPACES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.device}, {args.precision}")
+    print(
+        f"{'preset':<9} {'obs':<7} {'params':>7} "
+        + " ".join(f"{k:>11}" for k in (*PARTS, "total"))
+        + "  peak MB"
+    )
+    for preset in args.presets:
+        for obs in args.obs:
+            r = bench(preset, obs, args)
+            parts = " ".join(f"{r[k]:>9.0f}ms" for k in (*PARTS, "total"))
+            print(f"{preset:<9} {obs:<7} {r['params_m']:>6.2f}M {parts}  {r['peak_mb']:>7.0f}", flush=True)
+    print(f"B={r['B']} T={r['T']} H={r['H']}; median of {args.repeats} updates after {args.warmup} warm-up")
+
+
+if __name__ == "__main__":
+    main()
