@@ -60,9 +60,11 @@ class ReplayConfig:
     batch_length: int = MISSING
     # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform).
     recency: float = MISSING
-    # Size in steps of the recent window used by `recency`.
+    # Size in steps of the recent window used by `recency`, over all streams (each stream's newest
+    # `recent_window // num_streams` steps).
     recent_window: int = MISSING
-    # Steps per stream written to disk as one chunk file.
+    # Steps per stream written to disk as one chunk file (compressed npz); at most the steps each
+    # stream holds (`capacity // num_streams`) when saving.
     chunk_size: int = MISSING
     # Write chunks to `<logdir>/replay` and reload them on resume.
     save: bool = MISSING

@@ -124,6 +124,23 @@ def validate(
         raise ChunkError(f"{path}: {e}") from e
 
 
+def complete_flags(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fill the flags an episode file may omit: it starts at its first step and ends (not terminally)
+    at its last."""
+    lengths = {len(v) for v in data.values() if np.ndim(v)}
+    if len(lengths) != 1:
+        return data
+    (length,) = lengths
+    data = dict(data)
+    if "is_first" not in data:
+        data["is_first"] = np.arange(length) == 0
+    if "is_last" not in data:
+        data["is_last"] = np.arange(length) == length - 1
+    if "is_terminal" not in data:
+        data["is_terminal"] = np.zeros(length, bool)
+    return data
+
+
 def remove_stale(directory: Path) -> None:
     """Remove temporary files left by a run killed while writing a chunk."""
     for stale in directory.glob("*" + TMP_SUFFIX):

@@ -22,7 +22,7 @@ from configs.schema import ReplayConfig
 from envs.spaces import ArraySpec
 from replay import chunks
 from replay.chunks import ChunkError, ChunkFile
-from replay.replay import Replay, complete_flags
+from replay.replay import Replay
 
 
 def load_dataset(
@@ -60,7 +60,7 @@ def infer_spec(paths: list[Path]) -> dict[str, ArraySpec]:
     for path in paths:
         try:
             with np.load(path, allow_pickle=False) as f:
-                data = complete_flags({key: f[key] for key in f.files})
+                data = chunks.complete_flags({key: f[key] for key in f.files})
         except chunks.READ_ERRORS as e:
             warnings.warn(f"skipping unreadable dataset file {path}: {type(e).__name__}: {e}", stacklevel=2)
             continue

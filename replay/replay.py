@@ -272,7 +272,7 @@ class Replay:
         try:
             data = chunks.read_arrays(chunk.path, self.spec)
             if episodes:
-                data = complete_flags(data)
+                data = chunks.complete_flags(data)
             data = chunks.validate(chunk.path, data, self.spec, None if episodes else chunk.length)
         except ChunkError as e:
             warnings.warn(f"skipping replay chunk {chunk.path}: {e}", stacklevel=3)
@@ -284,7 +284,9 @@ class Replay:
     # --- exact resume ---
 
     def state_dict(self) -> dict:
-        """The sampler's random state and each stream's end index on disk (checkpoint-safe plain types)."""
+        """The sampler's random state and each stream's end index on disk (checkpoint-safe plain types).
+
+        Call `flush()` first, so that the disk holds every step the state refers to."""
         return {
             "rng": _encode_ints(self._rng.bit_generator.state),
             "ends": (self._count + self._offset).tolist(),
@@ -338,23 +340,6 @@ def make_replay(
 ) -> Replay:
     """The replay of a run: chunks in `directory` (the run's `replay/` folder) when `config.save`."""
     return Replay(spec, config, num_streams, directory, seed)
-
-
-def complete_flags(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fill the flags an episode file may omit: it starts at its first step and ends (not terminally)
-    at its last."""
-    lengths = {len(v) for v in data.values() if np.ndim(v)}
-    if len(lengths) != 1:
-        return data
-    (length,) = lengths
-    data = dict(data)
-    if "is_first" not in data:
-        data["is_first"] = np.arange(length) == 0
-    if "is_last" not in data:
-        data["is_last"] = np.arange(length) == length - 1
-    if "is_terminal" not in data:
-        data["is_terminal"] = np.zeros(length, bool)
-    return data
 
 
 def _check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
