@@ -127,6 +127,21 @@ def test_behavior_losses_leave_the_world_model_alone_except_repval():
         assert all(p.grad is None for p in agent.ac.actor.parameters())
 
 
+def test_v1_dynamics_backprop_reaches_the_actor_through_the_frozen_world_model():
+    agent = make(("debug", "v1"), overrides={"actor_critic": {"entropy": 0.0}}, act_space=CONTINUOUS)
+    # The reward and value heads start at exactly 0 (zero output layers), which has no gradient to
+    # follow; give the reward head an output that depends on the state.
+    with torch.no_grad():
+        agent.wm.reward.mlp.net[-1].weight.normal_(0.0, 0.1)
+    data = agent.to_device(batch(CONTINUOUS))
+    losses, _ = agent.behavior_loss(data, agent.model_loss(data, None))
+    assert "repval" not in losses
+    losses["policy"].mean().backward()
+    assert all(p.grad is None for p in [*agent.wm.parameters(), *agent.ac.critic.parameters()])
+    # The only path from the actor's output to this loss is through the imagined dynamics.
+    assert agent.ac.actor.net.net[-1].weight.grad.abs().sum() > 0
+
+
 def test_state_dict_round_trip_through_weights_only_load():
     agent = make(overrides={"optim": {"warmup": 0}})
     state, _ = agent.train(batch(), None)
