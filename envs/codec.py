@@ -37,8 +37,9 @@ def _one_hots(values: np.ndarray, nvec: np.ndarray) -> np.ndarray:
     return out
 
 
-def _obs_converter(space: spaces.Space, name: str) -> tuple[ArraySpec, Callable[[np.ndarray], np.ndarray]]:
-    """The agent-side spec of one observation space and the function converting a batch [N, ...]."""
+def _obs_converter(space: spaces.Space) -> tuple[ArraySpec, Callable[[np.ndarray], np.ndarray]] | None:
+    """The agent-side spec of one observation space and the function converting a batch [N, ...],
+    or None when the space is not supported."""
     if is_image_space(space):
         return ArraySpec(tuple(space.shape), np.dtype(np.uint8)), lambda x: np.array(x, np.uint8)
     if isinstance(space, spaces.Box) and len(space.shape) == 1:
@@ -54,13 +55,16 @@ def _obs_converter(space: spaces.Space, name: str) -> tuple[ArraySpec, Callable[
     if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
         nvec, start = space.nvec, space.start
         return ArraySpec((int(nvec.sum()),), np.dtype(np.float32)), lambda x: _one_hots(x - start, nvec)
-    raise EnvError(f"unsupported observation space {space} for key '{name}'; supported: {SUPPORTED_OBS}")
+    return None
 
 
 class ObsCodec:
-    """Batched env observations -> dict of agent arrays [N, ...] (see the module docstring)."""
+    """Batched env observations -> dict of agent arrays [N, ...] (see the module docstring).
 
-    def __init__(self, space: spaces.Space):
+    `env_id` names the env in error messages.
+    """
+
+    def __init__(self, space: spaces.Space, env_id: str = "the env"):
         if isinstance(space, spaces.Dict):
             self._dict = True
             items = list(space.spaces.items())
@@ -70,12 +74,13 @@ class ObsCodec:
         self.spec: dict[str, ArraySpec] = {}
         self._convert: list[tuple[str, Callable]] = []
         for name, sub in items:
-            if isinstance(sub, (spaces.Dict, spaces.Tuple)):
+            converter = _obs_converter(sub)
+            if converter is None:
+                where = f" under key '{name}'" if self._dict else ""
                 raise EnvError(
-                    f"unsupported nested observation space under key '{name}': {sub}; "
-                    f"supported: {SUPPORTED_OBS}"
+                    f"{env_id}: unsupported observation space {sub}{where}; supported: {SUPPORTED_OBS}"
                 )
-            spec, fn = _obs_converter(sub, name)
+            spec, fn = converter
             self.spec[name] = spec
             self._convert.append((name, fn))
 
@@ -88,9 +93,12 @@ class ObsCodec:
 
 
 class ActCodec:
-    """Agent actions [N, A] float32 -> the env's batched native actions, and back (`to_agent`)."""
+    """Agent actions [N, A] float32 -> the env's batched native actions, and back (`to_agent`).
 
-    def __init__(self, space: spaces.Space):
+    `env_id` names the env in error messages.
+    """
+
+    def __init__(self, space: spaces.Space, env_id: str = "the env"):
         self.native = space
         if isinstance(space, spaces.Discrete):
             self.space = ActionSpace("discrete", int(space.n), (int(space.n),))
@@ -113,7 +121,7 @@ class ActCodec:
             self._low = space.low.reshape(-1).astype(np.float64)
             self._range = (space.high - space.low).reshape(-1).astype(np.float64)
         else:
-            raise EnvError(f"unsupported action space {space}; supported: {SUPPORTED_ACT}")
+            raise EnvError(f"{env_id}: unsupported action space {space}; supported: {SUPPORTED_ACT}")
         self._split = np.cumsum(self.space.nvec)[:-1]
 
     def __call__(self, action: np.ndarray) -> np.ndarray:

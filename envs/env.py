@@ -18,10 +18,10 @@ class Env:
     returns the first step of the next episode (the same "next step" rule as `VecEnv`).
     """
 
-    def __init__(self, env: gym.Env, seed: int):
+    def __init__(self, env: gym.Env, seed: int, name: str = "the env"):
         self.gym_env = env
-        self._obs_codec = ObsCodec(env.observation_space)
-        self._act_codec = ActCodec(env.action_space)
+        self._obs_codec = ObsCodec(env.observation_space, f"env '{name}'")
+        self._act_codec = ActCodec(env.action_space, f"env '{name}'")
         self._seed: int | None = seed
         self._needs_reset = True
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import gymnasium as gym
 from gymnasium import spaces
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import AddRenderObservation, RepeatAction, TimeLimit
 
@@ -99,6 +100,8 @@ def _make_gymnasium(config: EnvConfig) -> gym.Env:
         ) from None
     kwargs = dict(config.kwargs)
     if config.obs != "state":
+        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+        _check_renders(getattr(creator, "metadata", {}), config.id)
         kwargs["render_mode"] = "rgb_array"
         if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
             # Render natively at the agent's size: far cheaper than rendering large, then resizing.
@@ -108,7 +111,7 @@ def _make_gymnasium(config: EnvConfig) -> gym.Env:
         kwargs["max_episode_steps"] = -1  # the agent-step cap replaces the registered limit
     env = gym.make(config.id, **kwargs)
     if config.obs != "state":
-        _check_renders(env, config.id)
+        _check_renders(env.metadata, config.id)
         model = getattr(env.unwrapped, "model", None)
         if model is not None and type(model).__module__.startswith("mujoco"):
             from envs.mujoco_render import fast_rendering
@@ -117,10 +120,9 @@ def _make_gymnasium(config: EnvConfig) -> gym.Env:
     return env
 
 
-def _check_renders(env: gym.Env, name: str) -> None:
-    modes = env.metadata.get("render_modes", [])
+def _check_renders(metadata: dict, name: str) -> None:
+    modes = metadata.get("render_modes", [])
     if "rgb_array" not in modes:
-        env.close()
         raise EnvError(
             f"env '{name}' cannot give pixel observations: it does not render 'rgb_array' "
             f"(render modes: {modes}); use env.obs 'state'"
@@ -158,7 +160,7 @@ def make_gym_env(config: EnvConfig, index: int = 0) -> gym.Env:
 def make_env(config: EnvConfig, seed: int) -> Env:
     """One env for the agent: step dicts and agent-format actions (see `envs.env.Env`)."""
     check_config(config)
-    return Env(make_gym_env(config), seed)
+    return Env(make_gym_env(config), seed, config.id)
 
 
 def make_vec_env(
@@ -180,7 +182,7 @@ def make_vec_env(
         vec = AsyncVectorEnv(fns, shared_memory=True, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
     else:
         vec = SyncVectorEnv(fns, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
-    return VecEnv(vec, seed)
+    return VecEnv(vec, seed, config.id)
 
 
 def _has_image(space: spaces.Space) -> bool:

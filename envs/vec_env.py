@@ -22,11 +22,11 @@ class VecEnv:
     same seed gives the same episodes.
     """
 
-    def __init__(self, env: gym.vector.VectorEnv, seed: int):
+    def __init__(self, env: gym.vector.VectorEnv, seed: int, name: str = "the env"):
         self.gym_env = env
         self.num_envs = env.num_envs
-        self._obs_codec = ObsCodec(env.single_observation_space)
-        self._act_codec = ActCodec(env.single_action_space)
+        self._obs_codec = ObsCodec(env.single_observation_space, f"env '{name}'")
+        self._act_codec = ActCodec(env.single_action_space, f"env '{name}'")
         self._seed: int | None = seed
         self._last = np.zeros(self.num_envs, bool)
 
@@ -45,7 +45,7 @@ class VecEnv:
         self._seed = None
         self._last = np.zeros(self.num_envs, bool)
         first = np.ones(self.num_envs, bool)
-        return to_step(self._obs_codec(obs), 0.0, ~first, ~first, first)
+        return to_step(self._obs_codec(obs), np.zeros(self.num_envs), ~first, ~first, first)
 
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         """action: [N, A] float32 agent format -> the next step dict, arrays [N, ...]."""
