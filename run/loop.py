@@ -1,6 +1,9 @@
 """The training loop: collect with the policy, add to replay, train at the configured ratio, log,
 evaluate, checkpoint.
 
+The first `run.prefill` policy steps use uniform random actions and train nothing; the schedules
+(logging, checkpoints, evaluation) run throughout.
+
 Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
 repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
 from the checkpoint and the replay from its chunks; the environments cannot be saved, so they are reset
@@ -98,6 +101,7 @@ class Loop:
         self.action_repeat = action_repeat
         self.counters = Counters()
         self.train_state: RSSMState | None = None  # the training carry: the last posterior of a batch
+        self.saved_step: int | None = None
         self.rng = np.random.default_rng(seed)  # actions of the random prefill policy
         self.ratio = Ratio(updates_per_step)
         self.should_eval = Every(config.eval_every if parts.eval_env is not None else 0)
@@ -115,11 +119,12 @@ class Loop:
 
     def run(self, stop: StopFlag) -> Counters:
         """Collect, train, log, evaluate and checkpoint until `run.steps` or a stop request."""
-        self.prefill(stop)
+        explore = random_policy(self.env.act_space, self.env.num_envs, self.rng)
         policy = self.policy("train")
         while self.counters.step < self.config.steps and not stop.requested:
-            self.driver(policy, steps=self.env.num_envs)
-            if self.replay.can_sample():
+            prefilling = self.counters.step < self.config.prefill
+            self.driver(explore if prefilling else policy, steps=1)
+            if not prefilling and self.replay.can_sample():
                 self.train_updates(self.ratio(self.env.num_envs))
             if self.should_video(self.counters.step):
                 self.report()
@@ -132,17 +137,11 @@ class Loop:
             self.logger.progress(self.counters.step, self.config.steps)
         if self.logger.pending:
             self.write_logs()
-        self.save()
+        if self.saved_step != self.counters.step:
+            self.save()
         return self.counters
 
     # --- the steps of the loop ------------------------------------------------------------------------
-
-    def prefill(self, stop: StopFlag) -> None:
-        """Collect `run.prefill` policy steps with uniform random actions (skipped when resumed past it)."""
-        policy = random_policy(self.env.act_space, self.env.num_envs, self.rng)
-        while self.counters.step < self.config.prefill and not stop.requested:
-            self.driver(policy, steps=self.env.num_envs)
-            self.logger.progress(self.counters.step, self.config.steps)
 
     def policy(self, mode: str) -> Callable:
         """The agent's policy in the driver's signature; a None state starts from the initial state."""
@@ -203,7 +202,7 @@ class Loop:
         driver.on_episode(lambda stats: (returns.append(stats["return"]), lengths.append(stats["length"])))
         policy = self.policy("eval")
         while len(returns) < self.config.eval_episodes:
-            driver(policy, steps=self.parts.eval_env.num_envs)
+            driver(policy, steps=1)
         self.logger.scalar("eval/return", float(np.mean(returns)))
         self.logger.scalar("eval/length", float(np.mean(lengths)))
         self.logger.histogram("eval/returns", np.array(returns))
@@ -237,6 +236,7 @@ class Loop:
         """Flush the replay to its chunks (so disk equals memory) and write a checkpoint."""
         self.replay.flush()
         self.parts.checkpointer.save(self.state_dict(), self.counters.step)
+        self.saved_step = self.counters.step
 
     # --- callbacks and state ------------------------------------------------------------------------
 

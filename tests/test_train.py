@@ -1,0 +1,405 @@
+"""The training run: loop schedule, resume (exact, after SIGKILL), signals, faults, the real entry point.
+
+Loop-level tests use a stub env and agent with the real replay (fast); end-to-end tests run the real
+parts on the `debug` preset.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from configs.loader import load_config
+from envs.spaces import ActionSpace, ArraySpec
+from run.checkpoint import Checkpointer, load
+from run.loop import NonFiniteError
+from run.stop import StopFlag
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"logger": {"terminal": False, "wandb": {"mode": "disabled"}}}
+
+
+def merge(*trees: dict) -> dict:
+    out: dict = {}
+    for tree in trees:
+        for key, value in tree.items():
+            out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def config_for(logdir, **run) -> object:
+    """The debug config, quiet, train ratio 16 (0.5 updates per step), with the given run.* overrides."""
+    return load_config(["debug"], merge(QUIET, {"logdir": str(logdir), "run": {"train_ratio": 16, **run}}))
+
+
+def rows(logdir) -> list[dict]:
+    return [json.loads(line) for line in (Path(logdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- stubs ------------------------------------------------------------------------------------------
+
+
+class StubEnv:
+    """N envs with a 2-vector observation (and an 8x8 image when `image`), episodes of `length` steps,
+    reward 1 per step; auto-resets like VecEnv (the step after `is_last` is an `is_first`)."""
+
+    def __init__(self, num_envs=1, length=10, image=False):
+        self.num_envs, self.length, self.image = num_envs, length, image
+        self.obs_space = {"vector": ArraySpec((2,), np.float32)}
+        if image:
+            self.obs_space["image"] = ArraySpec((8, 8, 3), np.uint8)
+        self.act_space = ActionSpace("discrete", 2, (2,))
+        self.t = np.zeros(num_envs, int)
+        self.closed = False
+
+    def _obs(self, first):
+        N = self.num_envs
+        step = {
+            "vector": np.stack([self.t, -self.t], -1).astype(np.float32),
+            "reward": np.where(first, 0.0, 1.0).astype(np.float32),
+            "is_first": first,
+            "is_last": self.t >= self.length,
+            "is_terminal": np.zeros(N, bool),
+        }
+        if self.image:
+            step["image"] = np.full((N, 8, 8, 3), self.t[:, None, None, None] * 10, np.uint8)
+        return step
+
+    def reset(self):
+        self.t[:] = 0
+        return self._obs(np.ones(self.num_envs, bool))
+
+    def step(self, action):
+        last = self.t >= self.length
+        self.t = np.where(last, 0, self.t + 1)
+        return self._obs(last)
+
+    def close(self):
+        self.closed = True
+
+
+class StubAgent:
+    """A linear 'model' trained by SGD on the replayed vector; `nonfinite_from` makes updates non-finite."""
+
+    def __init__(self, nonfinite_from=None, video=False):
+        self.device = torch.device("cpu")
+        self.w = torch.zeros(2, requires_grad=True)
+        self.optim = torch.optim.SGD([self.w], lr=0.01)
+        self.nonfinite_from, self.video, self.calls = nonfinite_from, video, 0
+
+    def initial_policy_state(self, num_envs):
+        return torch.zeros(num_envs)
+
+    def policy(self, obs, state, mode="train"):
+        action = np.zeros((len(obs["is_first"]), 2), np.float32)
+        action[:, 0] = 1
+        return action, state + 1
+
+    def train(self, batch, state):
+        self.calls += 1
+        loss = ((batch["vector"] @ self.w - batch["reward"]) ** 2).mean()
+        if self.nonfinite_from is not None and self.calls >= self.nonfinite_from:
+            return state, {"loss/model": float("nan"), "nonfinite": 1.0}
+        self.optim.zero_grad()
+        loss.backward()
+        self.optim.step()
+        return state, {"loss/model": loss.item(), "elbo": -loss.item(), "rate": 0.1, "distortion": 1.0}
+
+    def report(self, batch):
+        out = {"openloop/vector_mse": np.float32(0.5)}
+        if self.video:
+            out["openloop/image"] = np.zeros((4, 8, 8, 3), np.uint8)
+        return out
+
+    def state_dict(self):
+        return {"w": self.w.detach().clone(), "optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+        self.optim.load_state_dict(state["optim"])
+
+
+def stub_factories(agent=None, image=False):
+    return train.Factories(
+        make_env=lambda config, seed, num_envs=None: StubEnv(num_envs or 1, image=image),
+        make_agent=lambda config, obs_space, act_space: agent or StubAgent(),
+    )
+
+
+# --- the loop with stubs ----------------------------------------------------------------------------
+
+
+def test_loop_counts_steps_updates_frames_and_follows_the_ratio(tmp_path):
+    # debug: B x T = 4 x 8 = 32, prefill 64; ratio 16 -> 0.5 updates per policy step after prefill.
+    changes = {"logdir": str(tmp_path), "env": {"action_repeat": 2}, "run": {"steps": 100, "train_ratio": 16}}
+    config = load_config(["debug"], merge(QUIET, changes))
+    agent = StubAgent()
+    loop = train.build(config, stub_factories(agent=agent))
+    counters = loop.run(StopFlag())
+    assert counters.step == 100 and counters.updates == agent.calls == (100 - 64) // 2
+    assert counters.episodes == 100 // 11  # 10 transitions + the first step per episode
+    last = rows(tmp_path)[-1]
+    assert last["step"] == 100 and last["frames"] == 200 and last["updates"] == 18
+    keys = set().union(*rows(tmp_path))
+    assert {"train/loss/model", "train/elbo", "train/rate", "train/distortion"} <= keys
+    assert Checkpointer(tmp_path / "checkpoints").latest().name == "ckpt-000000100.pt"
+
+
+def test_eval_and_videos_with_an_image_env(tmp_path):
+    config = config_for(tmp_path, steps=100, prefill=20, eval_every=50, eval_episodes=3, video_every=20)
+    loop = train.build(config, stub_factories(agent=StubAgent(video=True), image=True))
+    loop.run(StopFlag())
+    evals = [r for r in rows(tmp_path) if "eval/return" in r]
+    assert [r["step"] for r in evals] == [50, 100]
+    assert all(r["eval/return"] == 10.0 and r["eval/length"] == 10.0 for r in evals)
+    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert any(n.startswith("report_openloop_image_") and n.endswith(".mp4") for n in videos)
+    assert any(n.startswith("policy_episode_") for n in videos)
+    assert any("report/openloop/vector_mse" in r for r in rows(tmp_path))
+
+
+def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
+    config = config_for(tmp_path, steps=300, max_nonfinite=5, save_every_steps=80)
+    agent = StubAgent(nonfinite_from=40)  # updates start after 64 prefill steps, 1 per 2 steps
+    loop = train.build(config, stub_factories(agent=agent))
+    with pytest.raises(NonFiniteError) as info:
+        loop.run(StopFlag())
+    message = str(info.value)
+    assert "5 updates in a row with a non-finite loss" in message and "run.max_nonfinite = 5" in message
+    assert "ckpt-000000080.pt" in message
+    assert loop.counters.updates == 39 and loop.counters.nonfinite == 5
+    assert [p.name for p in loop.parts.checkpointer.paths()] == ["ckpt-000000080.pt"]
+
+
+def test_a_nonfinite_update_resets_the_count_when_followed_by_finite_ones(tmp_path):
+    config = config_for(tmp_path, steps=120, max_nonfinite=2)
+    agent = StubAgent()
+    flags = iter([0, 1, 0, 1, 0] + [0] * 1000)
+    real_train = agent.train
+
+    def train_sometimes_nan(batch, state):
+        state, metrics = real_train(batch, state)
+        return state, {**metrics, "nonfinite": float(next(flags))}
+
+    agent.train = train_sometimes_nan
+    loop = train.build(config, stub_factories(agent=agent))
+    counters = loop.run(StopFlag())
+    assert counters.step == 120 and counters.nonfinite == 2 and counters.nonfinite_run == 0
+
+
+def test_stop_request_saves_a_final_checkpoint(tmp_path):
+    config = config_for(tmp_path, steps=10_000, save_every_steps=0, save_every=1e9)
+    loop = train.build(config, stub_factories())
+    stop = StopFlag()
+    original = loop.parts.replay.add
+
+    def add_then_stop(step):
+        original(step)
+        if len(loop.parts.replay) == 77:
+            stop.signum = signal.SIGTERM
+
+    loop.parts.replay.add = add_then_stop
+    loop.run(stop)
+    assert loop.counters.step == 77
+    assert load(tmp_path)["step"] == 77
+
+
+def test_stop_flag_handles_signals_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_status() == 0
+        stop.signum = None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.exit_status() == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_resume_with_stubs_continues_counters_replay_and_schedules(tmp_path):
+    first = train.build(config_for(tmp_path, steps=100), stub_factories())
+    first.run(StopFlag())
+    agent = StubAgent()
+    second = train.build(config_for(tmp_path, steps=150), stub_factories(agent=agent))
+    assert second.counters.step == 100 and len(second.parts.replay) == 100
+    assert torch.equal(agent.w, first.agent.w)
+    second.run(StopFlag())
+    assert second.counters.step == 150 and second.counters.updates == (150 - 64) // 2
+    assert [r["step"] for r in rows(tmp_path)][-1] == 150
+
+
+def test_unwritable_logdir_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    status = train.main(["--configs", "debug", "--logdir", str(tmp_path / "file" / "run")])
+    assert status == 1
+    assert "train.py: error: cannot write to logdir" in capsys.readouterr().err
+
+
+# --- the real parts on the debug preset -------------------------------------------------------------
+
+FAST = ["--run.train_ratio", "16", "--logger.wandb.mode", "disabled"]
+
+
+SUBPROCESS_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+
+
+def train_command(logdir, *args):
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--configs",
+        "debug",
+        "--logdir",
+        str(logdir),
+        *FAST,
+        *args,
+    ]
+
+
+def run_train(logdir, *args, timeout=120):
+    command = train_command(logdir, *args)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=SUBPROCESS_ENV
+    )
+
+
+def test_entry_point_on_debug_writes_config_metrics_checkpoint_video_and_plots(tmp_path):
+    logdir = tmp_path / "run"
+    pixels = ["--env.obs", "pixels", "--run.video_every", "60", "--logger.video_format", "gif"]
+    result = run_train(logdir, "--run.steps", "120", *pixels)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (logdir / "config.yaml").exists()
+    keys = set().union(*rows(logdir))
+    assert {"train/loss/model", "train/elbo", "train/rate", "train/distortion", "frames", "updates"} <= keys
+    assert Checkpointer(logdir / "checkpoints").latest().name == "ckpt-000000120.pt"
+    assert list((logdir / "videos").glob("report_openloop_image_*.gif"))
+    assert (logdir / "plots" / "elbo.png").exists()
+    assert f"run folder: {logdir}" in result.stdout and "plots: " in result.stdout
+
+
+def test_second_invocation_resumes_counters_replay_and_optimizer(tmp_path):
+    logdir = tmp_path / "run"
+    assert train.main(train_command(logdir, "--logger.terminal", "false", "--run.steps", "100")[2:]) == 0
+    saved = load(logdir)
+    config = load_config(base=logdir / "config.yaml")  # how the same command on the logdir starts
+    loop = train.build(dataclasses.replace(config, run=dataclasses.replace(config.run, steps=140)))
+    assert loop.counters == type(loop.counters)(**saved["loop"]["counters"]) and loop.counters.step == 100
+    assert len(loop.parts.replay) == 100
+    optim = loop.agent.state_dict()["optim"]
+    assert_same(optim, saved["agent"]["optim"])
+    assert loop.agent.update_count == saved["agent"]["update_count"] > 0
+    loop.run(StopFlag())
+    loop.parts.logger.close()
+    assert loop.counters.step == 140 and [r["step"] for r in rows(logdir)][-1] == 140
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_resumed_run_continues_bit_identically(tmp_path):
+    config = config_for(tmp_path, steps=96)
+    uninterrupted = train.build(config)
+    uninterrupted.run(StopFlag())
+    expected = uninterrupted.train_updates(4)
+    resumed = train.build(config)
+    got = resumed.train_updates(4)
+    assert [m["loss/total"] for m in got] == [m["loss/total"] for m in expected]
+    assert got == expected
+    for a, b in zip(uninterrupted.agent.wm.parameters(), resumed.agent.wm.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_incompatible_config_is_refused_naming_the_keys(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    train.build(config_for(logdir, steps=70)).run(StopFlag())
+    status = train.main(["--configs", "debug", "--logdir", str(logdir), *FAST, "--world_model.deter", "64"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "incompatible config" in err and "world_model.deter (checkpoint 32, config 64)" in err
+
+
+def test_from_checkpoint_initializes_weights_only(tmp_path):
+    source = tmp_path / "source"
+    train.build(config_for(source, steps=80)).run(StopFlag())
+    config = config_for(tmp_path / "new", steps=80, from_checkpoint=str(source))
+    loop = train.build(config)
+    assert loop.counters.step == 0 and len(loop.parts.replay) == 0
+    assert_same(loop.agent.state_dict(), load(source)["agent"])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    train.build(config_for(tmp_path, steps=100, save_every_steps=50)).run(StopFlag())
+    newest = Checkpointer(tmp_path / "checkpoints").latest()
+    newest.write_bytes(newest.read_bytes()[:1000])
+    loop = train.build(config_for(tmp_path, steps=100))
+    assert loop.counters.step == 50
+    assert "ckpt-000000100.pt is corrupt" in capsys.readouterr().err
+
+
+def wait_for(predicate, timeout, process):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def start_train(logdir, *args):
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(train_command(logdir, *args), cwd=ROOT, env=SUBPROCESS_ENV, **pipes)
+
+
+def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    args = ["--run.steps", "100000", "--run.save_every_steps", "40", "--logger.terminal", "false"]
+    process = start_train(logdir, *args)
+    found = wait_for(lambda: len(list((logdir / "checkpoints").glob("ckpt-*.pt"))) >= 2, 120, process)
+    process.kill()
+    process.wait()
+    assert found, process.stderr.read()[-2000:]
+    checkpoints = Checkpointer(logdir / "checkpoints")
+    last = load(checkpoints.latest())
+    assert last["step"] >= 80 and last["loop"]["counters"]["updates"] > 0
+    status = train.main(train_command(logdir, "--run.steps", str(last["step"] + 20), *args[2:])[2:])
+    assert status == 0
+    assert f"at step {last['step']} " in capsys.readouterr().out
+    assert load(checkpoints.latest())["step"] == last["step"] + 20
+
+
+def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, capsys):
+    config = config_for(tmp_path, steps=10**9, save_every_steps=0, save_every=1e9)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    status = train.train(config, stub_factories())
+    timer.join()
+    assert status == 0
+    assert "stopped by signal 15 at" in capsys.readouterr().out
+    step = load(tmp_path)["step"]
+    assert step > 0 and rows(tmp_path)[-1]["step"] == step
