@@ -229,19 +229,19 @@ class ActorCritic(nn.Module):
             self.retnorm.update(ret)
         scale = self.retnorm.scale()
         adv = (ret - value[:, :-1].detach()) / scale
-        policy = self.actor(feat[:, :-1])
-        ent = policy.entropy()
+        # Heads run on all H + 1 steps and are sliced after: slicing the input first would copy it.
+        policy = self.actor(feat)
+        ent = policy.entropy()[:, :-1]
         if self.grad == "reinforce":
-            logpi = policy.log_prob(traj.action[:, :-1].detach())
+            logpi = policy.log_prob(traj.action.detach())[:, :-1]
             policy_loss = -weight[:, :-1] * (logpi * adv + cfg.entropy * ent)
         else:
             dyn_ret = self._dynamics_return(traj)
             policy_loss = -weight[:, :-1] * (dyn_ret / scale + cfg.entropy * ent)
         with torch.no_grad():
-            slow_mean = self.slow_critic(feat[:, :-1]).mean()
-        critic = TwoHot(value_dist.logits[:, :-1], value_dist.bins, value_dist.space)
-        value_loss = weight[:, :-1] * (-critic.log_prob(ret) - cfg.slow_reg * critic.log_prob(slow_mean))
-        metrics = self._imag_metrics(traj, weight, ret, adv, value, slow_mean, ent)
+            slow_mean = self.slow_critic(feat).mean()
+        value_loss = weight[:, :-1] * self._critic_loss(value_dist, ret, slow_mean)
+        metrics = self._imag_metrics(traj, weight, ret, adv, value, slow_mean[:, :-1], ent)
         return ImagLoss({"policy": policy_loss, "value": value_loss}, ret, metrics)
 
     def _dynamics_return(self, traj: Imagination) -> Tensor:
@@ -264,13 +264,19 @@ class ActorCritic(nn.Module):
         cont = (1.0 - is_terminal.float()) * self.gamma
         lam = cfg.return_lambda * (1.0 - is_last.float())
         ret = lambda_return(reward.float(), cont, boot.detach().float(), lam)
-        dist = self.critic(feat)
-        critic = TwoHot(dist.logits[:, :-1], dist.bins, dist.space)
         with torch.no_grad():
-            slow_mean = self.slow_critic(feat[:, :-1].detach()).mean()
+            slow_mean = self.slow_critic(feat.detach()).mean()
         live = 1.0 - is_last[:, :-1].float()
-        loss = live * (-critic.log_prob(ret) - cfg.slow_reg * critic.log_prob(slow_mean))
-        return loss, ret
+        return live * self._critic_loss(self.critic(feat), ret, slow_mean), ret
+
+    def _critic_loss(self, dist: TwoHot, ret: Tensor, slow_mean: Tensor) -> Tensor:
+        """[N, T-1]: -log p(R) - slow_reg log p(v_slow) for dist [N, T], ret [N, T-1], slow_mean [N, T].
+
+        The last step has no return; it is padded and dropped, as in the reference.
+        """
+        target = torch.cat([ret, torch.zeros_like(ret[:, -1:])], 1)
+        loss = -dist.log_prob(target.detach()) - self.config.slow_reg * dist.log_prob(slow_mean.detach())
+        return loss[:, :-1]
 
     @torch.no_grad()
     def update_slow(self) -> None:
