@@ -76,7 +76,7 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis == -1:
             if self.kind == "rms":
-                return F.rms_norm(x, (self.dim,), self.weight, RMS_EPS)
+                return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), RMS_EPS)
             return F.layer_norm(x, (self.dim,), self.weight, self.bias, LAYER_EPS)
         shape = (1, self.dim) + (1,) * (x.dim() - 2)
         if self.kind == "layer":
