@@ -189,20 +189,24 @@ class Agent:
         """Open-loop predictions: 5 posterior steps, then the prior on the real actions.
 
         For every decoded key: `openloop/<key>_mse` [T] the mean squared error per step (in [0, 1]
-        pixel units for images, raw units for vectors). For image keys also `openloop/<key>`: uint8
-        video [T, 3H, W * n, C] of true / predicted / error rows for n = min(B, 4) sequences.
+        pixel units for images, raw units for vectors) and `openloop/<key>_mse_imagined` (a 0-d array)
+        its mean over the imagined steps. For image keys also `openloop/<key>`: uint8 video
+        [T, 3H, W * n, C] of true / predicted / error rows for n = min(B, 4) sequences.
         """
         n = min(OPENLOOP_SEQUENCES, len(batch["is_first"]))
         data = {k: self._tensor(v[:n]) for k, v in batch.items()}
         T = data["is_first"].shape[1]
+        context = min(OPENLOOP_CONTEXT, T - 1)
         with self._autocast():
-            pred = self.wm.open_loop(data, min(OPENLOOP_CONTEXT, T))
+            pred = self.wm.open_loop(data, context)
         out = {}
         for key, value in pred.items():
             value = value.float()
             truth = data[key].float() / 255.0 if key in self.wm.image_keys else data[key].float()
             err = (value - truth).square()
-            out[f"openloop/{key}_mse"] = err.flatten(2).mean((0, 2)).cpu().numpy()
+            per_step = err.flatten(2).mean((0, 2))
+            out[f"openloop/{key}_mse"] = per_step.cpu().numpy()
+            out[f"openloop/{key}_mse_imagined"] = per_step[context:].mean().cpu().numpy()
             if key in self.wm.image_keys:
                 out[f"openloop/{key}"] = openloop_video(truth, value.clamp(0, 1))
         return out

@@ -231,7 +231,10 @@ def test_report_openloop_video_and_errors():
     np.testing.assert_array_equal(out["openloop/image"][:, :16, :16], batch()["image"][0])
     vector_only = make(obs_space={"vector": OBS["vector"]})
     out = vector_only.report(batch(obs_space={"vector": OBS["vector"]}))
-    assert set(out) == {"openloop/vector_mse"} and np.all(np.isfinite(out["openloop/vector_mse"]))
+    assert set(out) == {"openloop/vector_mse", "openloop/vector_mse_imagined"}
+    mse = out["openloop/vector_mse"]
+    assert np.all(np.isfinite(mse)) and out["openloop/vector_mse_imagined"].shape == ()
+    np.testing.assert_allclose(out["openloop/vector_mse_imagined"], mse[5:].mean(), rtol=1e-6)
 
 
 def test_config_errors():
