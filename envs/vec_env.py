@@ -29,6 +29,7 @@ class VecEnv:
         self._act_codec = ActCodec(env.single_action_space, f"env '{name}'")
         self._seed: int | None = seed
         self._last = np.zeros(self.num_envs, bool)
+        self._action_shape = (self.num_envs, self.act_space.dim)
 
     @property
     def obs_space(self) -> dict[str, ArraySpec]:
@@ -50,13 +51,13 @@ class VecEnv:
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         """action: [N, A] float32 agent format -> the next step dict, arrays [N, ...]."""
         action = np.asarray(action, np.float32)
-        if action.shape != (self.num_envs, self.act_space.dim):
+        if action.shape != self._action_shape:
             raise ValueError(
                 f"action has shape {action.shape}; expected (num_envs, dim) = "
                 f"({self.num_envs}, {self.act_space.dim})"
             )
         obs, reward, terminated, truncated, info = self.gym_env.step(self._act_codec(action))
-        is_first = self._last | info.get("_restarted", False)
+        is_first = self._last | info["_restarted"] if "_restarted" in info else self._last.copy()
         step = to_step(self._obs_codec(obs), reward, terminated, truncated, is_first)
         self._last = step["is_last"]
         return step
