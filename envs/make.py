@@ -43,16 +43,18 @@ class BaseEnv(NamedTuple):
 
 
 def check_image_size(size, minres: int = MINRES) -> tuple[int, int]:
-    """(H, W) when each is minres * 2**k (k >= 1), which the encoder halves down to `minres`."""
-    allowed = [minres * 2**k for k in range(1, 8)]
+    """(H, W) when the conv encoder can halve it down to `minres` rows: H = minres * 2**k, and W a
+    multiple of 2**k no smaller than H (the rule of `world_model.encoder.conv_stages`)."""
     try:
         height, width = (int(s) for s in size)
     except (TypeError, ValueError):
         raise EnvError(f"env.size must be [height, width], got {size!r}") from None
-    if height not in allowed or width not in allowed:
+    stages = max(height // minres, 1).bit_length() - 1
+    if height != minres * 2**stages or width % 2**stages or width < height:
+        heights = ", ".join(str(minres * 2**k) for k in range(1, 7))
         raise EnvError(
-            f"env.size {[height, width]} cannot be encoded (halved down to {minres}x{minres}); "
-            f"each side must be one of {', '.join(map(str, allowed))}"
+            f"env.size {[height, width]} cannot be halved down to {minres} rows by the encoder: the height "
+            f"must be {minres} x 2^k ({heights}, ...) and the width a multiple of 2^k, at least the height"
         )
     return height, width
 

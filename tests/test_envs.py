@@ -393,12 +393,16 @@ def test_unsupported_action_spaces():
         ActCodec(spaces.Tuple([spaces.Discrete(2)]))
 
 
-@pytest.mark.parametrize("size", [[60, 60], [64, 2], [3]])
+@pytest.mark.parametrize("size", [[60, 60], [64, 2], [64, 72], [16, 8], [3], "ab"])
 def test_image_size_the_encoder_cannot_take(size):
     with pytest.raises(EnvError) as error:
         make_env(env_config(obs="pixels", size=size), seed=0)
     assert "env.size" in one_line(error)
-    assert check_image_size([64, 32]) == (64, 32)
+
+
+@pytest.mark.parametrize("size", [[64, 64], [16, 16], [64, 96], [32, 128], [8, 8]])
+def test_image_sizes_the_encoder_takes(size):
+    assert check_image_size(size) == tuple(size)
 
 
 def test_bad_config_values():
@@ -463,3 +467,24 @@ def test_missing_extra_names_the_install_command(monkeypatch):
         make_env(env_config(id="dmc_walker_walk"), seed=0)
     with pytest.raises(EnvError, match=r"pip install -e '\.\[atari\]'"):
         make_env(env_config(id="atari_pong"), seed=0)
+
+
+def test_image_size_check_agrees_with_the_encoder():
+    conv_stages = pytest.importorskip("world_model.encoder").conv_stages
+
+    def encoder_takes(h, w):
+        try:
+            conv_stages(h, w, 4, ["image"])
+        except ValueError:
+            return False
+        return True
+
+    def env_takes(h, w):
+        try:
+            check_image_size([h, w])
+        except EnvError:
+            return False
+        return True
+
+    sizes = [(h, w) for h in range(1, 70) for w in range(1, 70)]
+    assert [encoder_takes(*s) for s in sizes] == [env_takes(*s) for s in sizes]
