@@ -224,9 +224,9 @@ def test_dict_observations_keep_their_keys_with_agent_dtypes():
 
 
 def test_image_resize_and_grayscale():
-    env = make_env(env_config(id="TestImageDict-v0", size=[32, 8], grayscale=True), seed=0)
+    env = make_env(env_config(id="TestImageDict-v0", size=[8, 32], grayscale=True), seed=0)
     step = env.reset()
-    assert step["cam"].shape == (32, 8, 1) and step["cam"].dtype == np.uint8
+    assert step["cam"].shape == (8, 32, 1) and step["cam"].dtype == np.uint8
     assert (step["cam"] == 76).all()  # 0.299 * 255, ITU-R 601 luma of pure red
 
 
