@@ -138,6 +138,9 @@ def train(config: Config, factories: Factories | None = None) -> int:
     with StopFlag() as stop:
         try:
             counters = loop.run(stop)
+        except NonFiniteError:
+            loop.write_logs()  # the metrics of the diverging updates are worth keeping
+            raise
         finally:
             close(loop.parts)
     ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"

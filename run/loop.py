@@ -2,7 +2,9 @@
 evaluate, checkpoint.
 
 The first `run.prefill` policy steps use uniform random actions and train nothing; the schedules
-(logging, checkpoints, evaluation) run throughout.
+(logging, checkpoints, evaluation) run throughout. Every `run.video_every` steps the agent's open-loop
+report is logged and the next training episode of env 0 is recorded; policy videos need an `image`
+observation, so vector-only envs get none.
 
 Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
 repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
@@ -281,3 +283,4 @@ class Loop:
         set_generator_state(self.rng, state["rng"]["prefill"])
         set_rng_state(state["rng"]["global"])
         self._speed = (time.monotonic(), self.counters.step, self.counters.updates)
+        self.saved_step = self.counters.step

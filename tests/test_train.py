@@ -182,6 +182,15 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
     assert [p.name for p in loop.parts.checkpointer.paths()] == ["ckpt-000000080.pt"]
 
 
+def test_a_diverged_run_flushes_its_metrics_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = config_for(tmp_path, steps=300, max_nonfinite=3, save_every_steps=70, log_every=1e9)
+    with pytest.raises(NonFiniteError):
+        train.train(config, stub_factories(agent=StubAgent(nonfinite_from=10)))
+    last = rows(tmp_path)[-1]
+    assert last["nonfinite"] == 3 and last["updates"] == 9 and np.isnan(last["train/loss/model"])
+    assert load(tmp_path)["step"] == 70
+
+
 def test_a_nonfinite_update_resets_the_count_when_followed_by_finite_ones(tmp_path):
     config = config_for(tmp_path, steps=120, max_nonfinite=2)
     agent = StubAgent()
@@ -403,3 +412,15 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, capsys):
     assert "stopped by signal 15 at" in capsys.readouterr().out
     step = load(tmp_path)["step"]
     assert step > 0 and rows(tmp_path)[-1]["step"] == step
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_appears_and_a_resume_continues_it(tmp_path):
+    changes = merge(QUIET, {"logdir": str(tmp_path), "logger": {"wandb": {"mode": "offline"}}})
+    first = load_config(["debug"], merge(changes, {"run": {"steps": 70}}))
+    assert train.train(first, stub_factories()) == 0
+    run_id = (tmp_path / "wandb_id.txt").read_text()
+    second = load_config(["debug"], merge(changes, {"run": {"steps": 90}}))
+    assert train.train(second, stub_factories()) == 0
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and all(r.name.endswith(f"-{run_id}") for r in runs)
