@@ -154,7 +154,8 @@ class WorldModelConfig:
     bins: int = MISSING
     # Observation std of the Gaussian decoder likelihood used for the reported distortion, in the
     # decoder's output space (symlog for vectors, [0, 1] for images). The training loss is the
-    # reference's MSE, which equals this NLL up to a constant when the std is 1/sqrt(2).
+    # reference's MSE, which equals this NLL up to a constant when the std is 1/sqrt(2): that default
+    # makes the reported ELBO the bound of exactly the model being trained.
     obs_std: float = MISSING
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: EncoderConfig = field(default_factory=EncoderConfig)
