@@ -24,13 +24,21 @@ BOUND_NAMES = ("elbo", "rate", "distortion")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl file; a line cut short by a crash is skipped."""
-    rows = []
+    """The rows of a metrics.jsonl file, oldest first.
+
+    A line cut short by a crash is skipped. A run resumed from a checkpoint logs again from the
+    checkpoint's step; the rows it supersedes (logged after that checkpoint by the crashed run) are
+    dropped, so every curve runs forward.
+    """
+    rows: list[dict] = []
     for line in Path(path).read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        while rows and rows[-1].get("step", 0) > row.get("step", 0):
+            rows.pop()
+        rows.append(row)
     return rows
 
 

@@ -170,6 +170,14 @@ def test_plots_from_metrics(tmp_path):
         assert imageio.imread(path).shape[0] > 100
 
 
+def test_rows_superseded_by_a_resumed_run_are_dropped(tmp_path):
+    from run.plots import read_metrics
+
+    steps = [10, 20, 30, 40, 25, 35, 45]  # killed after 40, resumed from a checkpoint at 20
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in steps))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 25, 35, 45]
+
+
 def test_plots_cli_errors_without_metrics(tmp_path):
     import subprocess
     import sys
