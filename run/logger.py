@@ -103,14 +103,14 @@ class Progress:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.bar = None
-        self.start: tuple[float, int] | None = None
+        self.mark: tuple[float, int] | None = None  # (time, step) of the previous line
         self.step = self.total = 0
 
     def update(self, step: int, total: int) -> None:
         if not self.enabled:
             return
-        if self.start is None:
-            self.start = (time.monotonic(), step)
+        if self.mark is None:
+            self.mark = (time.monotonic(), step)
         if self.bar is None and self.stream.isatty():
             from tqdm import tqdm
 
@@ -120,12 +120,15 @@ class Progress:
         self.total, self.step = total, step
 
     def eta(self) -> str:
-        """Steps per second and remaining time since the first update, for plain-line output."""
-        if self.start is None or self.step <= self.start[1]:
+        """Steps per second since the previous line and the time left at that rate (plain-line output);
+        the recent rate, since collection slows down once training starts after the prefill."""
+        if self.mark is None or self.step <= self.mark[1]:
             return ""
-        rate = (self.step - self.start[1]) / max(time.monotonic() - self.start[0], 1e-9)
-        left = max(self.total - self.step, 0) / rate
-        return f"{rate:.1f} steps/s, eta {int(left // 60)}m{int(left % 60):02d}s"
+        now = time.monotonic()
+        rate = (self.step - self.mark[1]) / max(now - self.mark[0], 1e-9)
+        self.mark = (now, self.step)
+        left = int(max(self.total - self.step, 0) / rate)
+        return f"{rate:.1f} steps/s, eta {left // 3600}h{left % 3600 // 60:02d}m{left % 60:02d}s"
 
     def print(self, line: str) -> None:
         if not self.enabled:
