@@ -1,0 +1,383 @@
+"""Evaluate a checkpoint: policy rollouts in the real env and the world model against reality.
+
+    python evaluate.py --logdir RUN [--checkpoint PATH|all] [--episodes N] [--modes eval,train]
+                       [--context C] [--horizon H] [--samples K] [--dataset DIR] [--wandb [MODE]]
+                       [--env.* / other dotted config overrides]
+    python evaluate.py --compare RUN [RUN ...] [--out DIR]
+
+Writes into `<RUN>/eval` (or `--out`): `summary.json` (return and length statistics per policy mode),
+`episodes.csv` (one row per episode), `world_model.json` (ELBO, rate, distortion, K-sample bound,
+reward / continuation errors, open-loop error per horizon step), `plots/*.png` and `videos/`.
+The config is the checkpoint's own, with the overrides applied; eval envs are seeded from
+`seed + EVAL_SEED_OFFSET` (`--seed` changes it), apart from the training envs' seeds.
+Exit status 1: no checkpoint, a checkpoint that does not fit the env, an env that cannot be made;
+2: a bad option or config override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from configs.loader import ConfigError, load_config, parse_overrides
+from configs.schema import Config
+from envs import EnvError
+from run import compare, eval_plots
+from run.checkpoint import CheckpointError, checkpoint_paths, resolve
+from run.checkpoint import load as load_checkpoint
+from run.eval_policy import (
+    Episode,
+    agent_policy,
+    collect_episodes,
+    episode_rows,
+    policy_summary,
+    reconstruction_video,
+)
+from run.eval_world_model import (
+    bound_metrics,
+    episode_batches,
+    episode_windows,
+    open_loop_errors,
+    open_loop_json,
+)
+from run.logger import Summary, WandbOutput
+from run.seeding import seed_everything
+from run.video import write_video
+from train import EVAL_SEED_OFFSET, make_agent, make_env
+
+PROG = "evaluate.py"
+MODES = ("eval", "train")
+# Open-loop windows cut from the evaluation episodes, at most.
+MAX_WINDOWS = 64
+
+
+class EvalError(RuntimeError):
+    """Evaluation cannot start or go on; the message is one line for the user."""
+
+
+class Loaded(NamedTuple):
+    config: Config
+    path: Path
+    state: dict
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description=__doc__.split("\n")[0])
+    p.add_argument("--logdir", help="the run folder to evaluate (its newest checkpoint by default)")
+    p.add_argument("--checkpoint", help="a checkpoint file or folder; 'all' also scores every checkpoint")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per policy mode (default 10)")
+    p.add_argument("--modes", default="eval", help="policy modes, comma separated: eval, train")
+    p.add_argument("--videos", type=int, default=1, help="episodes recorded as videos (default 1)")
+    p.add_argument("--context", type=int, default=5, help="open-loop context steps (default 5)")
+    p.add_argument("--horizon", type=int, default=10, help="open-loop imagined steps (default 10)")
+    p.add_argument("--samples", type=int, default=16, help="K of the importance-weighted bound (default 16)")
+    p.add_argument("--dataset", help="score the world model on this folder of saved episodes / chunks")
+    p.add_argument("--batches", type=int, default=4, help="batches drawn from --dataset (default 4)")
+    p.add_argument("--seed", type=int, help="first eval env seed (default: config seed + EVAL_SEED_OFFSET)")
+    p.add_argument("--out", help="output folder (default: <logdir>/eval, or ./compare with --compare)")
+    p.add_argument("--wandb", nargs="?", const="offline", default="disabled", help="log to the run's wandb")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="compare run folders instead")
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    """Own options and the remaining `--group.key value` config overrides; ConfigError when bad."""
+    args, rest = parser().parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ConfigError(f"--modes takes {' and/or '.join(MODES)} (comma separated); got '{args.modes}'")
+    for name in ("episodes", "context", "horizon", "samples", "batches"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.videos < 0:
+        raise ConfigError(f"--videos must be >= 0; got {args.videos}")
+    if not args.compare and not args.logdir and not args.checkpoint:
+        raise ConfigError("give --logdir RUN (or --checkpoint PATH), or --compare RUN [RUN ...]")
+    args.modes = modes
+    return args, overrides
+
+
+# --- building the parts -----------------------------------------------------------------------------
+
+
+def load_run(logdir: str | None, checkpoint: str | None, overrides: dict) -> Loaded:
+    """The checkpoint (newest of the logdir unless given) and its config with the overrides applied."""
+    source = checkpoint if checkpoint and checkpoint != "all" else logdir
+    if logdir and not Path(logdir).is_dir() and source == logdir:
+        raise EvalError(f"logdir {logdir} does not exist")
+    try:
+        path = resolve(source)
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        raise EvalError(str(e)) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / f"config-of-{path.name}.yaml"
+        base.write_text(state["config"])
+        config = load_config([], overrides, base=base)
+    return Loaded(config, path, state)
+
+
+def build_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
+    try:
+        return make_env(config, seed, num_envs)
+    except (EnvError, gym.error.Error, ImportError) as e:
+        raise EvalError(f"cannot make env '{config.env.id}': {e}") from None
+
+
+def describe_spaces(env: Any) -> str:
+    obs = ", ".join(f"{k} {np.dtype(s.dtype).name}{tuple(s.shape)}" for k, s in env.obs_space.items())
+    return f"observations {obs}; actions {env.act_space.kind} dim {env.act_space.dim}"
+
+
+def build_agent(config: Config, env: Any, loaded: Loaded) -> Any:
+    """The agent for the env's spaces with the checkpoint's weights, or EvalError when they do not fit."""
+    agent = make_agent(config, env.obs_space, env.act_space)
+    try:
+        agent.load_state_dict(loaded.state["agent"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalError(
+            f"checkpoint {loaded.path} does not match the spaces of env '{config.env.id}' "
+            f"({describe_spaces(env)}): {first}"
+        ) from None
+    return agent
+
+
+# --- the evaluations --------------------------------------------------------------------------------
+
+
+def run_policy(agent: Any, env: Any, args: argparse.Namespace) -> dict[str, list[Episode]]:
+    """Episodes per policy mode, each mode on a fresh reset of the same seeded envs."""
+    return {mode: collect_episodes(env, agent_policy(agent, mode), args.episodes) for mode in args.modes}
+
+
+def world_model_data(agent: Any, config: Config, episodes: list[Episode], args: argparse.Namespace):
+    """(bound batches, open-loop batch or None): the evaluation episodes of every policy mode, or
+    batches of `--dataset`."""
+    length = args.context + args.horizon
+    if not args.dataset:
+        return episode_batches(episodes), episode_windows(episodes, length, MAX_WINDOWS)
+    from replay import load_dataset, step_spec
+
+    spec = step_spec(agent.obs_space, agent.act_space.dim)
+    replay_config = dataclasses.replace(config.replay, batch_length=length)
+    try:
+        replay = load_dataset(args.dataset, spec, replay_config, seed=config.seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalError(str(e)) from None
+    batches = [replay.sample() for _ in range(args.batches)]
+    return batches, batches[0]
+
+
+def evaluate_world_model(agent: Any, batches: list, window: Any, args: argparse.Namespace, out: Path) -> dict:
+    """Bound metrics and open-loop errors; writes the open-loop plots."""
+    wm = agent.wm
+    result: dict[str, Any] = {"bound": bound_metrics(wm, batches, args.samples), "open_loop": None}
+    if window is None:
+        print(f"open loop: no episode has {args.context + args.horizon} steps; skipped")
+        return result
+    open_loop = open_loop_errors(wm, window, args.context)
+    result["open_loop"] = open_loop_json(open_loop, args.context)
+    eval_plots.plot_open_loop(open_loop, out / "plots" / "open_loop.png")
+    eval_plots.plot_strip(open_loop, args.context, wm.image_keys, out / "plots" / "open_loop_strip.png")
+    return result
+
+
+def score_checkpoints(
+    agent: Any, env: Any, loaded: Loaded, batches: list, args: argparse.Namespace
+) -> list[dict]:
+    """Rate, distortion and ELBO of every checkpoint of the run on the same data (and, with
+    `--checkpoint all`, its eval-mode return); restores the evaluated checkpoint's weights after."""
+    points = []
+    for path in checkpoint_paths(loaded.path.parent):
+        state = load_checkpoint(path)
+        agent.load_state_dict(state["agent"])
+        bound = bound_metrics(agent.wm, batches, 1)
+        point = {"step": int(state["step"]), "path": str(path)}
+        point.update({k: bound[k] for k in ("rate", "distortion", "elbo")})
+        if args.checkpoint == "all":
+            rollout = collect_episodes(env, agent_policy(agent, "eval"), args.episodes)
+            point["return"] = policy_summary(rollout)
+        points.append(point)
+    agent.load_state_dict(loaded.state["agent"])
+    return points
+
+
+def write_videos(agent: Any, config: Config, episodes: list[Episode], count: int, out: Path) -> list[Path]:
+    """The first `count` episodes, real frames beside the model's reconstructions (image envs only)."""
+    if "image" not in agent.wm.image_keys:
+        return []
+    suffix, fps = config.logger.video_format, config.logger.fps
+    return [
+        write_video(out / "videos" / f"episode_{i}.{suffix}", reconstruction_video(agent.wm, e), fps)
+        for i, e in enumerate(episodes[:count])
+    ]
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["mode", "episode", "env", "return", "length"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def log_wandb(config: Config, logdir: Path, mode: str, step: int, summary: dict, wm: dict, videos) -> None:
+    """Scalars (eval/<mode>/return_mean ..., eval/wm/...) and videos to the run's wandb run."""
+    scalars = {
+        f"eval/{m}/{name}_{stat}": value
+        for m, stats in summary["policy"].items()
+        for name in ("return", "length")
+        for stat, value in stats[name].items()
+        if value is not None
+    }
+    scalars.update({f"eval/wm/{k}": v for k, v in wm["bound"].items()})
+    wandb_config = dataclasses.replace(config.logger.wandb, mode=mode)
+    output = WandbOutput(wandb_config, logdir, OmegaConf.to_container(OmegaConf.structured(config)))
+    output.write(Summary(step, scalars, {}, {f"eval/video_{i}": p for i, p in enumerate(videos)}))
+    output.close()
+
+
+def print_summary(summary: dict, wm: dict) -> None:
+    for mode, stats in summary["policy"].items():
+        r = stats["return"]
+        ci = f" 95% CI [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r["ci95_low"] is not None else ""
+        print(
+            f"policy {mode}: return {r['mean']:.2f} +- {r['std']:.2f}{ci} (median {r['median']:.2f}, "
+            f"min {r['min']:.2f}, max {r['max']:.2f}) over {r['n']} episodes; "
+            f"length {stats['length']['mean']:.1f}"
+        )
+    b = wm["bound"]
+    print(
+        f"world model: elbo {b['elbo_kl']:.3f} nats/step (rate {b['rate']:.3f}, "
+        f"distortion {b['distortion']:.3f}), "
+        f"iwae K={int(b['k'])} {b['iwae']:.3f} (gap {b['iwae_gap']:.4f}), reward mse {b['reward_mse']:.4f}"
+    )
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace, overrides: dict) -> dict:
+    """The whole evaluation of one checkpoint; returns summary.json's content."""
+    loaded = load_run(args.logdir, args.checkpoint, overrides)
+    config = loaded.config
+    logdir = Path(args.logdir) if args.logdir else loaded.path.parent.parent
+    out = Path(args.out) if args.out else logdir / "eval"
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
+    seed_everything(config.seed)
+    seed = config.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
+    env = build_env(config, seed, config.env.eval_num_envs)
+    try:
+        return evaluate_with(env, loaded, logdir, out, seed, args)
+    finally:
+        env.close()
+
+
+def evaluate_with(env: Any, loaded: Loaded, logdir: Path, out: Path, seed: int, args) -> dict:
+    config = loaded.config
+    agent = build_agent(config, env, loaded)
+    # 1. Policy rollouts.
+    episodes = run_policy(agent, env, args)
+    summary = {
+        "checkpoint": str(loaded.path),
+        "step": int(loaded.state["step"]),
+        "env": config.env.id,
+        "seed": seed,
+        "policy": {mode: policy_summary(eps) for mode, eps in episodes.items()},
+    }
+    write_csv(out / "episodes.csv", [row for m, eps in episodes.items() for row in episode_rows(eps, m)])
+    videos = write_videos(agent, config, episodes[args.modes[0]], args.videos, out)
+    summary["videos"] = [str(p) for p in videos]
+    # 2. World model against reality.
+    every = [e for eps in episodes.values() for e in eps]
+    batches, window = world_model_data(agent, config, every, args)
+    wm = evaluate_world_model(agent, batches, window, args, out)
+    wm["checkpoints"] = score_checkpoints(agent, env, loaded, batches, args)
+    if len(wm["checkpoints"]) > 1:
+        eval_plots.plot_rate_distortion(wm["checkpoints"], out / "plots" / "rate_distortion.png")
+    write_json(out / "summary.json", summary)
+    write_json(out / "world_model.json", wm)
+    print_summary(summary, wm)
+    if args.checkpoint == "all":
+        print(checkpoint_table(wm["checkpoints"]))
+    if args.wandb != "disabled":
+        log_wandb(config, logdir, args.wandb, summary["step"], summary, wm, videos)
+    print(f"results: {out}")
+    return summary
+
+
+def checkpoint_table(points: list[dict]) -> str:
+    lines = [f"{'step':>10}  {'return':>16}  {'elbo':>9}  {'rate':>8}  {'distortion':>10}"]
+    for p in points:
+        r = p["return"]["return"]
+        lines.append(
+            f"{p['step']:>10}  {r['mean']:>8.2f} +- {r['std']:<5.2f}  {p['elbo']:>9.3f}  "
+            f"{p['rate']:>8.3f}  {p['distortion']:>10.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run_compare(logdirs: list[str], out: str | None) -> str:
+    """Print the table of the runs and write the return plot; returns the table."""
+    try:
+        records = compare.read_runs(logdirs)
+    except FileNotFoundError as e:
+        raise EvalError(str(e)) from None
+    text = compare.table(records)
+    print(text)
+    plot = eval_plots.plot_compare(compare.groups(records), Path(out or "compare") / "compare_returns.png")
+    print(f"plot: {plot}")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, overrides = parse(argv)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.compare:
+            run_compare(args.compare, args.out)
+        else:
+            evaluate(args, overrides)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except EvalError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
