@@ -112,7 +112,7 @@ def ours(config, n: int, driver: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per cell")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved trials per cell; the best counts")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved trials per cell; the best counts")
     args = parser.parse_args()
     cases = [("CartPole-v1", "state"), ("Pendulum-v1", "pixels")]
     print(
