@@ -44,7 +44,10 @@ class Env:
         """action: [A] float32 in agent format (one-hot, or [-1, 1]) -> the next step dict."""
         if self._needs_reset:
             return self.reset()
-        native = self._act_codec(np.asarray(action, np.float32)[None])[0]
+        action = np.asarray(action, np.float32)
+        if action.shape != (self.act_space.dim,):
+            raise ValueError(f"action has shape {action.shape}; expected (dim,) = ({self.act_space.dim},)")
+        native = self._act_codec(action[None])[0]
         obs, reward, terminated, truncated, info = self.gym_env.step(native)
         step = to_step(self._obs(obs), reward, terminated, truncated, info.get("restarted", False))
         self._needs_reset = bool(step["is_last"])

@@ -3,8 +3,8 @@
 `make_gym_env` writes the per-env wrapper stack out once, in order. `make_env` and `make_vec_env`
 put the agent's interface (step dicts, agent-format actions) around it.
 
-Evaluation envs: callers build them with `make_vec_env(cfg, seed=seed + 10_000,
-num_envs=cfg.eval_num_envs)`, so their episodes never repeat the training envs' seeds.
+Evaluation envs: callers build them with `make_vec_env(cfg.env, seed=seed + 10_000,
+num_envs=cfg.env.eval_num_envs)`, so their episodes never repeat the training envs' seeds.
 """
 
 from __future__ import annotations

@@ -414,6 +414,17 @@ def test_bad_config_values():
         make_vec_env(env_config(), seed=0, num_envs=0)
 
 
+def test_wrong_action_shape():
+    env = make_env(env_config(), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=r"action has shape \(2,\); expected \(dim,\) = \(3,\)"):
+        env.step(np.zeros(2, np.float32))
+    vec = make_vec_env(env_config(), seed=0, num_envs=2)
+    vec.reset()
+    with pytest.raises(ValueError, match=r"action has shape \(3,\); expected \(num_envs, dim\) = \(2, 3\)"):
+        vec.step(np.zeros(3, np.float32))
+
+
 def test_pixels_from_an_env_that_cannot_render():
     with pytest.raises(EnvError) as error:
         make_env(env_config(id="TestImageDict-v0", obs="pixels"), seed=0)
