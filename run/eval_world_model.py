@@ -3,7 +3,9 @@ continuation errors, and open-loop prediction error per horizon step.
 
 All bound terms are per step in nats (bits per dimension for images), averaged over every step of the
 data. The K-sample importance-weighted bound (`WorldModel.log_likelihood_bound`) is computed per whole
-sequence and divided by its length; `iwae_gap` = iwae - elbo >= 0 in expectation.
+sequence and divided by its length; `elbo_kl` is the ELBO with the closed-form KL (averaged over the K
+posterior samples), `elbo` the training pass's single-sample estimate of the same bound, and
+`iwae_gap` = iwae - elbo_kl >= 0 in expectation.
 
 Open loop: the posterior on `context` real steps, then the prior on the real actions for the rest; the
 error at horizon h is the decoded mean's squared error on step `context + h - 1`, averaged over the
