@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from configs.schema import Config
 
@@ -51,7 +51,7 @@ def _check_keys(tree: dict, source: str, cls: type = Config, prefix: str = "") -
         full = prefix + str(key)
         if key not in hints:
             while isinstance(value, dict) and len(value) == 1:  # name the whole dotted key
-                (sub, value), = value.items()
+                ((sub, value),) = value.items()
                 full += f".{sub}"
             close = difflib.get_close_matches(full, valid_keys(), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -73,7 +73,9 @@ def _merge(cfg: DictConfig, tree: dict, source: str) -> DictConfig:
 
 
 def _type_message(e: ValidationError, source: str) -> str:
-    return f"config key '{e.full_key}' in {source}: value {_value_of(e)!r} is not {_expected_type(e.full_key)}"
+    return (
+        f"config key '{e.full_key}' in {source}: value {_value_of(e)!r} is not {_expected_type(e.full_key)}"
+    )
 
 
 def _value_of(e: ValidationError) -> Any:
