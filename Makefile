@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # build. Override to choose, e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
-TRAIN_ARGS ?= --configs cartpole small --logdir runs/cartpole
+TRAIN_ARGS ?= --configs cartpole small --run.steps 3000 --logdir runs/cartpole
 
 .PHONY: install train test lint bench clean
 install: $(VENV)/.installed
