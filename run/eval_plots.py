@@ -14,6 +14,7 @@ import matplotlib
 import numpy as np
 
 from run.eval_world_model import OpenLoop
+from run.plots import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,14 +22,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Frames shown in a strip of true vs imagined images, and vector components in a strip of curves.
 STRIP_FRAMES = 10
 STRIP_COMPONENTS = 4
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def plot_open_loop(result: OpenLoop, path: Path) -> Path:
@@ -41,7 +34,7 @@ def plot_open_loop(result: OpenLoop, path: Path) -> Path:
         ax.plot(horizon, values, marker=".")
         ax.set(xlabel="open-loop horizon step", ylabel=label, title=f"{key}: {label} vs horizon")
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rate_distortion(points: list[dict], path: Path) -> Path:
@@ -54,7 +47,7 @@ def plot_rate_distortion(points: list[dict], path: Path) -> Path:
         ax.annotate(str(p["step"]), (p["rate"], p["distortion"]), textcoords="offset points", xytext=(4, 4))
     ax.set(xlabel="rate (nats per step)", ylabel="distortion (nats per step)", title="Rate vs distortion")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_strip(result: OpenLoop, context: int, image_keys: list[str], path: Path) -> Path:
@@ -80,7 +73,7 @@ def _image_strip(truth: np.ndarray, pred: np.ndarray, context: int, path: Path) 
             if col == 0:
                 ax.set_ylabel(name)
         axes[0, col].set_title(f"h={t - context + 1}" if t >= context else "ctx", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _vector_strip(truth: np.ndarray, pred: np.ndarray, context: int, key: str, path: Path) -> Path:
@@ -95,7 +88,7 @@ def _vector_strip(truth: np.ndarray, pred: np.ndarray, context: int, key: str, p
         ax.set(xlabel="step", title=f"{key}[{d}]")
         ax.grid(alpha=0.3)
     axes[0, 0].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_compare(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]], path: Path) -> Path:
@@ -107,4 +100,4 @@ def plot_compare(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int
     ax.set(xlabel="env frames", ylabel="return", title="Return (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -71,7 +71,7 @@ def plot_returns(rows: list[dict], path: Path) -> Path | None:
     ax.set(xlabel="env frames", ylabel="return", title="Episode return")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bound(rows: list[dict], path: Path) -> Path | None:
@@ -84,10 +84,11 @@ def plot_bound(rows: list[dict], path: Path) -> Path | None:
         ax.plot(x, y)
         ax.set(xlabel="updates", ylabel="nats per step", title=keys[name])
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` (folders created) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
