@@ -12,21 +12,16 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
-
-import torch
-from omegaconf import OmegaConf
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from configs.loader import main_config, save_config, to_yaml
 from configs.schema import Config
-from run.checkpoint import Checkpointer, CheckpointError, check_compatible
-from run.checkpoint import load as load_checkpoint
-from run.logger import Logger
-from run.loop import Loop, NonFiniteError, Parts
-from run.plots import make_plots
-from run.schedule import updates_per_step
-from run.seeding import seed_everything
-from run.stop import StopFlag
+
+# torch, wandb and matplotlib take seconds to import: they are imported where they are used, so a
+# mistyped command line is answered at once.
+if TYPE_CHECKING:
+    from run.logger import Logger
+    from run.loop import Loop, Parts
 
 # Eval envs get seeds far from the training envs' (seed + i).
 EVAL_SEED_OFFSET = 10_000
@@ -58,6 +53,8 @@ def make_agent(config: Config, obs_space: dict, act_space: Any) -> Any:
 
 
 def make_logger(config: Config, logdir: Path) -> Logger:
+    from omegaconf import OmegaConf
+
     from run.logger import make_logger as build_logger
 
     return build_logger(config.logger, logdir, OmegaConf.to_container(OmegaConf.structured(config)))
@@ -87,6 +84,14 @@ def prepare_logdir(path: str) -> Path:
 
 def build(config: Config, factories: Factories | None = None) -> Loop:
     """Compose the parts from the config; resume from the logdir's newest checkpoint if there is one."""
+    import torch
+
+    from run.checkpoint import Checkpointer, check_compatible
+    from run.checkpoint import load as load_checkpoint
+    from run.loop import Loop, Parts
+    from run.schedule import updates_per_step
+    from run.seeding import seed_everything
+
     factories = factories or Factories()
     logdir = prepare_logdir(config.logdir)
     if config.run.threads > 0:
@@ -134,6 +139,9 @@ def close(parts: Parts) -> None:
 
 def train(config: Config, factories: Factories | None = None) -> int:
     """Build and run; returns the exit status (0 done or terminated, 130 interrupted)."""
+    from run.loop import NonFiniteError
+    from run.stop import StopFlag
+
     loop = build(config, factories)
     with StopFlag() as stop:
         try:
@@ -151,6 +159,8 @@ def train(config: Config, factories: Factories | None = None) -> int:
 
 def summarize(logdir: Path, logger: Logger) -> None:
     """Write the plots and print where the run folder, plots and videos are."""
+    from run.plots import make_plots
+
     plots = make_plots(logdir)
     print(f"run folder: {logdir}")
     print(f"plots: {', '.join(map(str, plots)) or 'none (nothing logged yet)'}")
@@ -160,6 +170,9 @@ def summarize(logdir: Path, logger: Logger) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = main_config(argv, prog="train.py")
+    from run.checkpoint import CheckpointError
+    from run.loop import NonFiniteError
+
     try:
         return train(config)
     except (LogdirError, CheckpointError, NonFiniteError) as e:
