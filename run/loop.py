@@ -26,6 +26,7 @@ import numpy as np
 from configs.schema import RunConfig
 from run.checkpoint import Checkpointer
 from run.driver import Driver, random_policy
+from run.eval_policy import collect_episodes, policy_summary
 from run.logger import Logger
 from run.schedule import Clock, Every, Ratio
 from run.seeding import generator_state, rng_state, set_generator_state, set_rng_state
@@ -196,21 +197,17 @@ class Loop:
                 self.logger.scalar(f"report/{name}", float(value))
 
     def evaluate(self) -> None:
-        """Run `run.eval_episodes` episodes with the eval policy on the eval envs; log their returns."""
-        driver, returns, lengths = Driver(self.parts.eval_env), [], []
-        recorder = EpisodeRecorder()
-        recorder.arm()
-        driver.on_step(recorder)
-        driver.on_episode(lambda stats: (returns.append(stats["return"]), lengths.append(stats["length"])))
-        policy = self.policy("eval")
-        while len(returns) < self.config.eval_episodes:
-            driver(policy, steps=1)
-        self.logger.scalar("eval/return", float(np.mean(returns)))
-        self.logger.scalar("eval/length", float(np.mean(lengths)))
-        self.logger.histogram("eval/returns", np.array(returns))
-        frames = recorder.take()
-        if frames is not None:
-            self.logger.video("eval/policy", frames)
+        """Run `run.eval_episodes` episodes with the eval policy on the eval envs (an even share per env,
+        so short episodes are not over-represented); log return and length statistics and a video."""
+        episodes = collect_episodes(self.parts.eval_env, self.policy("eval"), self.config.eval_episodes)
+        for name, stats in policy_summary(episodes).items():
+            self.logger.scalar(f"eval/{name}", stats["mean"])
+            for key in ("std", "min", "max", "median", "ci95_low", "ci95_high"):
+                if stats[key] is not None:
+                    self.logger.scalar(f"eval/{name}_{key}", stats[key])
+        self.logger.histogram("eval/returns", np.array([e.ret for e in episodes]))
+        if "image" in episodes[0].steps:
+            self.logger.video("eval/policy", episodes[0].steps["image"])
 
     def write_logs(self) -> None:
         now, last_step, last_updates = self._speed

@@ -163,7 +163,10 @@ def test_eval_and_videos_with_an_image_env(tmp_path):
     evals = [r for r in rows(tmp_path) if "eval/return" in r]
     assert [r["step"] for r in evals] == [50, 100]
     assert all(r["eval/return"] == 10.0 and r["eval/length"] == 10.0 for r in evals)
+    # Equal returns: zero spread and a confidence interval that collapses onto the mean.
+    assert all(r["eval/return_std"] == 0.0 and r["eval/return_ci95_low"] == 10.0 for r in evals)
     videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert any(n.startswith("eval_policy_") for n in videos), videos
     assert any(n.startswith("report_openloop_image_") and n.endswith(".mp4") for n in videos)
     assert any(n.startswith("policy_episode_") for n in videos)
     assert any("report/openloop/vector_mse" in r for r in rows(tmp_path))
