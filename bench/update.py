@@ -1,5 +1,10 @@
 """Milliseconds per full agent update and its parts, and peak memory.
 
+Also the FLOPs of one update (matmuls and convolutions, forward and backward, counted by torch's
+FlopCounterMode), the achieved GFLOP/s and its share of a measured matmul peak on the same device and
+precision, the way nanoGPT reports model-FLOP utilization. Presets may be combined with commas
+(`--presets v1,xs`) for like-for-like comparisons with v1 ports.
+
 One update = world-model loss, imagination + actor-critic losses, one backward pass, optimizer step
 (with the slow-critic EMA), exactly as `Agent.train` runs them. Synthetic batches of B x T steps with
 either a 4-dim vector observation or a 64x64x3 image, 2 discrete actions.
@@ -22,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import make_agent  # noqa: E402
+from agent import make_agent, resolve_device  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
 
@@ -88,9 +94,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def update_flops(agent, data, state) -> float:
+    """FLOPs of one update's matmuls and convolutions, forward and backward (torch's FLOP counter, the
+    convention of model-FLOP utilization: elementwise work is not counted). Runs one extra update."""
+    with FlopCounterMode(display=False) as counter:
+        timed_update(agent, data, state)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, precision: str, n: int = 1024, repeats: int = 10) -> float:
+    """Measured FLOP/s of an n x n x n matmul at the given precision: the ceiling we compare against."""
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
 def bench(preset: str, obs: str, args) -> dict[str, float]:
     overrides = {"run": {"device": args.device, "precision": args.precision}}
-    config = load_config([preset], overrides)
+    # "v1,xs" applies several presets in order, for like-for-like comparisons with v1 ports.
+    config = load_config(preset.split(","), overrides)
     B, T = config.replay.batch_size, config.replay.batch_length
     torch.manual_seed(0)
     agent = make_agent(config, OBS_SPACES[obs], ACT_SPACE)
@@ -103,6 +133,8 @@ def bench(preset: str, obs: str, args) -> dict[str, float]:
         if i >= args.warmup:
             runs.append(times)
     result = {k: 1000 * statistics.median(r[k] for r in runs) for k in (*PARTS, "total")}
+    result["gflop"] = update_flops(agent, data, state) / 1e9
+    result["gflops"] = result["gflop"] / (result["total"] / 1000)
     result["params_m"] = sum(p.numel() for m in (agent.wm, agent.ac) for p in m.parameters()) / 1e6
     result["peak_mb"] = peak_memory_mb(agent.device)
     result.update(B=B, T=T, H=config.actor_critic.imag_horizon)
@@ -121,17 +153,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.device}, {args.precision}")
+    device = resolve_device(args.device)
+    peak = matmul_peak(device, args.precision) / 1e9
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {device}, {args.precision}")
+    print(f"measured matmul peak: {peak:.0f} GFLOP/s (1024^3, {args.precision})")
     print(
         f"{'preset':<9} {'obs':<7} {'params':>7} "
         + " ".join(f"{k:>11}" for k in (*PARTS, "total"))
-        + "  peak MB"
+        + f"  {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>7}  peak MB"
     )
     for preset in args.presets:
         for obs in args.obs:
             r = bench(preset, obs, args)
             parts = " ".join(f"{r[k]:>9.0f}ms" for k in (*PARTS, "total"))
-            print(f"{preset:<9} {obs:<7} {r['params_m']:>6.2f}M {parts}  {r['peak_mb']:>7.0f}", flush=True)
+            util = f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"
+            print(
+                f"{preset:<9} {obs:<7} {r['params_m']:>6.2f}M {parts}  {util}  {r['peak_mb']:>7.0f}",
+                flush=True,
+            )
     print(f"B={r['B']} T={r['T']} H={r['H']}; median of {args.repeats} updates after {args.warmup} warm-up")
 
 
