@@ -9,7 +9,6 @@ start the longest is the one that counts, so data is never read twice.
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 import zlib
@@ -21,9 +20,9 @@ import numpy as np
 
 from envs.spaces import ArraySpec
 from replay.spec import check_array
+from run.files import TMP_SUFFIX, write_atomic
 
 NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.npz$")
-TMP_SUFFIX = ".tmp"
 # What reading a truncated or corrupt npz can raise.
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -82,16 +81,7 @@ def write_chunk(directory: Path, stream: int, start: int, data: Mapping[str, np.
     """Write `data` (key -> [L, ...]) as the chunk of steps `start .. start + L - 1` of `stream`."""
     length = len(next(iter(data.values())))
     path = directory / chunk_name(stream, start, length)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.savez_compressed(f, **data))
     return path
 
 

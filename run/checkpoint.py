@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import yaml
 
+from run.files import write_atomic
+
 FORMAT = 1
 NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 NDARRAY_TAG = "__ndarray__"
@@ -101,20 +103,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(file)` on `<path>.tmp`, fsync, and rename it to `path`; on failure remove the tmp."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -148,9 +136,9 @@ class Checkpointer:
         path = self.directory / f"ckpt-{step:09d}.pt"
         payload = {"format": FORMAT, "step": int(step), **pack(state)}
         try:
-            _write_atomic(path, lambda f: torch.save(payload, f))
+            write_atomic(path, lambda f: torch.save(payload, f))
             digest = _sha256(path)
-            _write_atomic(_digest_path(path), lambda f: f.write(digest.encode()))
+            write_atomic(_digest_path(path), lambda f: f.write(digest.encode()))
             _fsync_dir(self.directory)
         except OSError as e:
             previous = self.latest() if self.directory.is_dir() else None
