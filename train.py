@@ -9,6 +9,7 @@ Exit status 1: a runtime error (unwritable logdir, unusable checkpoint, a diverg
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import uuid
 from pathlib import Path
@@ -43,7 +44,15 @@ def make_replay(config: Config, env: Any, logdir: Path) -> Any:
 
     spec = step_spec(env.obs_space, env.act_space.dim)
     directory = logdir / "replay" if config.replay.save else None
-    return build_replay(config.replay, spec, num_streams=env.num_envs, directory=directory, seed=config.seed)
+    replay_config = dataclasses.replace(config.replay, capacity=replay_capacity(config, env.num_envs))
+    return build_replay(replay_config, spec, num_streams=env.num_envs, directory=directory, seed=config.seed)
+
+
+def replay_capacity(config: Config, num_envs: int) -> int:
+    """Steps the replay preallocates: `replay.capacity`, but never more than the run can collect
+    (`run.steps` over all envs), so a short image run does not reserve memory it will never fill."""
+    floor = max(config.run.steps, config.replay.batch_length, config.replay.chunk_size)
+    return min(config.replay.capacity, floor * num_envs)
 
 
 def make_agent(config: Config, obs_space: dict, act_space: Any) -> Any:
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return train(config)
-    except (LogdirError, CheckpointError, NonFiniteError) as e:
+    except (LogdirError, CheckpointError, NonFiniteError, MemoryError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

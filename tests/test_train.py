@@ -427,3 +427,14 @@ def test_wandb_offline_run_appears_and_a_resume_continues_it(tmp_path):
     assert train.train(second, stub_factories()) == 0
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and all(r.name.endswith(f"-{run_id}") for r in runs)
+
+
+def test_replay_capacity_never_exceeds_what_the_run_collects():
+    from configs.loader import load_config
+
+    config = load_config(["debug"], {"run": {"steps": 300}, "replay": {"capacity": 10**6, "chunk_size": 64}})
+    assert train.replay_capacity(config, num_envs=4) == 300 * 4
+    # A chunk must fit in each stream; the configured capacity stays the upper bound.
+    short = load_config(["debug"], {"run": {"steps": 10}, "replay": {"chunk_size": 64, "capacity": 100}})
+    assert train.replay_capacity(short, num_envs=1) == 64
+    assert train.replay_capacity(short, num_envs=2) == 100
