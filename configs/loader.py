@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from configs.schema import Config
+from run.files import write_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
@@ -172,11 +173,9 @@ def to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(config))
-    os.replace(tmp, path)
+    """Write the resolved config atomically (temporary file, fsync, then rename)."""
+    text = to_yaml(config).encode()
+    write_atomic(Path(path), lambda f: f.write(text))
 
 
 HELP = """usage: {prog} [--configs PRESET [PRESET ...]] [--logdir DIR] [--GROUP.KEY VALUE ...]
