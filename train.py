@@ -21,6 +21,7 @@ from configs.schema import Config
 # torch, wandb and matplotlib take seconds to import: they are imported where they are used, so a
 # mistyped command line is answered at once.
 if TYPE_CHECKING:
+    from run.distributed import World
     from run.logger import Logger
     from run.loop import Loop, Parts
 
@@ -33,24 +34,30 @@ class LogdirError(RuntimeError):
 
 
 def make_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
+    """`num_envs` envs seeded `seed`, `seed + 1`, ... (the config's `env.num_envs` by default)."""
     from envs import make_vec_env
 
     return make_vec_env(config.env, seed=seed, num_envs=num_envs)
 
 
-def make_replay(config: Config, env: Any, logdir: Path) -> Any:
+def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_size: int = 1) -> Any:
+    """The replay (shard) of one rank: `<logdir>/replay`, or `<logdir>/replay/rank<r>` across ranks."""
     from replay import make_replay as build_replay
     from replay import step_spec
 
     spec = step_spec(env.obs_space, env.act_space.dim)
-    directory = logdir / "replay" if config.replay.save else None
-    replay_config = dataclasses.replace(config.replay, capacity=replay_capacity(config, env.num_envs))
-    return build_replay(replay_config, spec, num_streams=env.num_envs, directory=directory, seed=config.seed)
+    directory = None
+    if config.replay.save:
+        directory = logdir / "replay" / f"rank{rank}" if world_size > 1 else logdir / "replay"
+    capacity = replay_capacity(config, env.num_envs * world_size)
+    replay_config = dataclasses.replace(config.replay, capacity=capacity // world_size)
+    seed = config.seed + rank
+    return build_replay(replay_config, spec, num_streams=env.num_envs, directory=directory, seed=seed)
 
 
 def replay_capacity(config: Config, num_envs: int) -> int:
-    """Steps the replay preallocates: `replay.capacity`, but never more than the run can collect
-    (`run.steps` over all envs), so a short image run does not reserve memory it will never fill."""
+    """Steps the replay preallocates (over all ranks): `replay.capacity`, but never more than the run can
+    collect (`run.steps` over all envs), so a short image run does not reserve memory it will never fill."""
     floor = max(config.run.steps, config.replay.batch_length, config.replay.chunk_size)
     return min(config.replay.capacity, floor * num_envs)
 
@@ -91,17 +98,28 @@ def prepare_logdir(path: str) -> Path:
     return logdir
 
 
-def build(config: Config, factories: Factories | None = None) -> Loop:
-    """Compose the parts from the config; resume from the logdir's newest checkpoint if there is one."""
+def build(config: Config, factories: Factories | None = None, world: World | None = None) -> Loop:
+    """Compose the parts from the config; resume from the logdir's newest checkpoint if there is one.
+
+    Under torchrun, `world` is this rank (run/distributed.py): its envs, replay shard and random states
+    are its own, rank 0's weights are broadcast to all, and only rank 0 logs and checkpoints.
+    """
     import torch
 
     from run.checkpoint import Checkpointer, check_compatible
     from run.checkpoint import load as load_checkpoint
+    from run.distributed import World, rank_device
+    from run.logger import Logger
     from run.loop import Loop, Parts
     from run.schedule import updates_per_step
     from run.seeding import seed_everything
 
     factories = factories or Factories()
+    world = world or World()
+    if world.distributed:
+        config = dataclasses.replace(
+            config, run=dataclasses.replace(config.run, device=rank_device(config.run.device, world))
+        )
     logdir = prepare_logdir(config.logdir)
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
@@ -114,28 +132,35 @@ def build(config: Config, factories: Factories | None = None) -> Loop:
     if resume is None and config.run.from_checkpoint:
         init = load_checkpoint(config.run.from_checkpoint)
         check_compatible(init["config"], config_yaml, config.run.from_checkpoint)
-    seed_everything(config.seed)
-    save_config(config, logdir / "config.yaml")
+    # Rank r's random states, envs and replay sampler are seeded apart from the other ranks'.
+    seed_everything(config.seed + world.rank)
+    if world.is_main:
+        save_config(config, logdir / "config.yaml")
     # A resumed run reseeds its fresh envs so it does not replay the episodes it started with.
     start = resume.state["step"] if resume else 0
-    env = factories.make_env(config, config.seed + start)
+    env = factories.make_env(config, config.seed + start + world.rank * config.env.num_envs)
     eval_env = None
-    if config.run.eval_every > 0:
+    if config.run.eval_every > 0 and world.is_main:
         eval_env = factories.make_env(
             config, config.seed + EVAL_SEED_OFFSET + start, config.env.eval_num_envs
         )
-    replay = factories.make_replay(config, env, logdir)
+    replay = factories.make_replay(config, env, logdir, world.rank, world.size)
     agent = factories.make_agent(config, env.obs_space, env.act_space)
-    logger = factories.make_logger(config, logdir)
+    logger = factories.make_logger(config, logdir) if world.is_main else Logger(logdir, outputs=[])
     parts = Parts(env, replay, agent, logger, checkpointer, eval_env)
-    ratio = updates_per_step(config.run.train_ratio, config.replay.batch_size, config.replay.batch_length)
-    loop = Loop(config.run, parts, ratio, config.env.action_repeat, config.seed, config_yaml)
+    batch = config.replay.batch_size * world.size  # the effective batch: B sequences from every rank
+    ratio = updates_per_step(config.run.train_ratio, batch, config.replay.batch_length)
+    loop = Loop(config.run, parts, ratio, config.env.action_repeat, config.seed + world.rank, config_yaml, world)
     if resume:
         loop.load_state_dict(resume.state)
-        print(f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)")
+        if world.is_main:
+            print(f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)")
     elif init:
         agent.load_state_dict(init["agent"])
         print(f"agent initialized from {config.run.from_checkpoint}")
+    if world.distributed:
+        world.broadcast_modules(agent.wm, agent.ac)
+        agent.data_parallel(world)
     return loop
 
 
@@ -148,21 +173,27 @@ def close(parts: Parts) -> None:
 
 def train(config: Config, factories: Factories | None = None) -> int:
     """Build and run; returns the exit status (0 done or terminated, 130 interrupted)."""
+    from run.distributed import init_world
     from run.loop import NonFiniteError
     from run.stop import StopFlag
 
-    loop = build(config, factories)
-    with StopFlag() as stop:
-        try:
-            counters = loop.run(stop)
-        except NonFiniteError:
-            loop.write_logs()  # the metrics of the diverging updates are worth keeping
-            raise
-        finally:
-            close(loop.parts)
-    ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"
-    print(f"{ended} {counters.step} steps, {counters.updates} updates")
-    summarize(Path(config.logdir), loop.parts.logger)
+    world = init_world(config.run.dist_backend, config.run.device)
+    try:
+        loop = build(config, factories, world)
+        with StopFlag() as stop:
+            try:
+                counters = loop.run(stop)
+            except NonFiniteError:
+                loop.write_logs()  # the metrics of the diverging updates are worth keeping
+                raise
+            finally:
+                close(loop.parts)
+    finally:
+        world.close()
+    if world.is_main:
+        ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"
+        print(f"{ended} {counters.step} steps, {counters.updates} updates")
+        summarize(Path(config.logdir), loop.parts.logger)
     return stop.exit_status()
 
 
@@ -180,11 +211,12 @@ def summarize(logdir: Path, logger: Logger) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = main_config(argv, prog="train.py")
     from run.checkpoint import CheckpointError
+    from run.distributed import DistributedError
     from run.loop import NonFiniteError
 
     try:
         return train(config)
-    except (LogdirError, CheckpointError, NonFiniteError, MemoryError) as e:
+    except (LogdirError, CheckpointError, NonFiniteError, DistributedError, MemoryError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

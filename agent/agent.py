@@ -78,6 +78,7 @@ class Agent:
         )
         self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
         self.update_count = 0
+        self.reducer: Any = None  # set by `data_parallel`
         # The return scaler's statistics before the latest forward pass, restored if its update is skipped.
         self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
 
@@ -121,8 +122,7 @@ class Agent:
         wm_out = self.model_loss(data, state)
         ac_losses, imag = self.behavior_loss(data, wm_out)
         total = self.total_loss(wm_out, ac_losses)
-        self.backward(total)
-        step = self.step(total)
+        step = self.step(self.backward(total))
         metrics = {**wm_out.metrics, **{f"ac/{k}": v for k, v in imag.metrics.items()}}
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
         metrics["loss/model"] = wm_out.loss.detach()
@@ -137,9 +137,24 @@ class Agent:
         """The one scalar all modules descend: world-model loss + scaled actor-critic losses."""
         return wm_out.loss + sum(self.scales[k] * v.mean() for k, v in ac_losses.items())
 
-    def backward(self, total: Tensor) -> None:
+    def backward(self, total: Tensor) -> Tensor:
+        """Gradients of `total` into `.grad`; returns the loss the optimizer step checks.
+
+        Under `data_parallel` the gradients and the loss are averaged over all ranks.
+        """
         self.optim.zero_grad()
         total.backward()
+        if self.reducer is not None:
+            params = [p for m in (self.wm, self.ac) for p in m.parameters()]
+            return self.reducer.average_grads(params, total)
+        return total
+
+    def data_parallel(self, reducer: Any) -> None:
+        """Train as one replica among several: `reducer` (a `run.distributed.World`) averages the
+        gradients after each backward pass, and the return scaler takes its percentiles over the
+        returns of all replicas (`reducer.all_gather`)."""
+        self.reducer = reducer
+        self.ac.retnorm.gather = reducer.all_gather
 
     def step(self, total: Tensor) -> dict[str, float]:
         """Optimizer step and slow-critic EMA, or nothing at all when `total` or a gradient is non-finite.

@@ -13,6 +13,8 @@ not cross into the next episode).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -66,6 +68,8 @@ class ReturnScaler(nn.Module):
         self.decay, self.low, self.high, self.limit = decay, low, high, limit
         self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
         self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
+        # Pools the returns of all data-parallel replicas before the percentiles (None: this batch only).
+        self.gather: Callable[[Tensor], Tensor] | None = None
 
     @torch.no_grad()
     def update(self, ret: Tensor) -> None:
@@ -76,6 +80,8 @@ class ReturnScaler(nn.Module):
         """
         q = torch.tensor([self.low / 100, self.high / 100], dtype=torch.float32, device=ret.device)
         ret = ret.detach().float().flatten()
+        if self.gather is not None:
+            ret = self.gather(ret)
         lo, hi = torch.quantile(ret, q)
         finite = torch.isfinite(ret).all()
         self.lo.copy_(torch.where(finite, torch.lerp(self.lo, lo, 1 - self.decay), self.lo))

@@ -78,7 +78,7 @@ def timed_update(agent, data, state) -> tuple[dict[str, float], object]:
     total = agent.total_loss(wm_out, losses)
     sync(device)
     t2 = time.perf_counter()
-    agent.backward(total)
+    total = agent.backward(total)
     sync(device)
     t3 = time.perf_counter()
     agent.step(total)

@@ -266,6 +266,8 @@ class RunConfig:
     precision: str = MISSING
     # torch.compile the update (slow to compile on CPU; off by default).
     compile: bool = MISSING
+    # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
+    dist_backend: str = MISSING
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from configs.schema import RunConfig
-from run.checkpoint import Checkpointer
+from run.checkpoint import CheckpointError, Checkpointer
+from run.distributed import World, fingerprint, to_cpu
 from run.driver import Driver, random_policy
 from run.eval_policy import collect_episodes, policy_summary
 from run.logger import Logger
@@ -56,6 +57,17 @@ class Counters:
     episodes: int = 0  # training episodes finished
     nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in total
     nonfinite_run: int = 0  # ... in a row, up to the latest update
+
+
+# The parts of a checkpoint that differ between data-parallel ranks.
+RANK_KEYS = ("replay", "loop", "rng")
+
+
+def check_replicas(ranks: list[dict]) -> None:
+    """All ranks must hold the same weights; a difference means the replicas diverged."""
+    prints = [r["weights_sha256"] for r in ranks]
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"data-parallel ranks hold different weights (sha256 per rank: {prints})")
 
 
 class EpisodeRecorder:
@@ -95,9 +107,13 @@ class Loop:
         action_repeat: int,
         seed: int,
         config_yaml: str = "",
+        world: World | None = None,
     ):
-        """`config_yaml` (the resolved root config) is stored in checkpoints for the compatibility check."""
+        """`config_yaml` (the resolved root config) is stored in checkpoints for the compatibility check.
+        `world`: this process among data-parallel ranks (see run/distributed.py); a single process by
+        default. `updates_per_step` counts global policy steps (all ranks and envs)."""
         self.config = config
+        self.world = world or World()
         self.config_yaml = config_yaml
         self.parts = parts
         self.env, self.replay, self.agent, self.logger = parts.env, parts.replay, parts.agent, parts.logger
@@ -107,8 +123,10 @@ class Loop:
         self.saved_step: int | None = None
         self.rng = np.random.default_rng(seed)  # actions of the random prefill policy
         self.ratio = Ratio(updates_per_step)
-        self.should_eval = Every(config.eval_every if parts.eval_env is not None else 0)
-        self.should_video = Every(config.video_every)
+        # Only rank 0 evaluates and renders (no collective operation happens inside either).
+        main = self.world.is_main
+        self.should_eval = Every(config.eval_every if parts.eval_env is not None and main else 0)
+        self.should_video = Every(config.video_every if main else 0)
         self.should_save_steps = Every(config.save_every_steps)
         self.should_save_time = Clock(config.save_every if config.save_every_steps <= 0 else -1)
         self.should_log = Clock(config.log_every)
@@ -128,21 +146,37 @@ class Loop:
             prefilling = self.counters.step < self.config.prefill
             self.driver(explore if prefilling else policy, steps=1)
             if not prefilling and self.replay.can_sample():
-                self.train_updates(self.ratio(self.env.num_envs))
+                self.train_updates(self.ratio(self.env.num_envs * self.world.size))
             if self.should_video(self.counters.step):
                 self.report()
             if self.should_eval(self.counters.step):
                 self.evaluate()
-            if self.should_log():
+            log, save_time = self._agree(stop)
+            if log:
                 self.write_logs()
-            if self.should_save_steps(self.counters.step) or self.should_save_time():
+            if self.should_save_steps(self.counters.step) or save_time:
                 self.save()
             self.logger.progress(self.counters.step, self.config.steps)
-        if self.logger.pending:
+        pending = self.logger.pending
+        if self.world.distributed:
+            (pending,) = self.world.any([pending], self.agent.device)
+        if pending:
             self.write_logs()
         if self.saved_step != self.counters.step:
             self.save()
         return self.counters
+
+    def _agree(self, stop: StopFlag) -> tuple[bool, bool]:
+        """Whether to write logs and a timed checkpoint now. Across ranks, rank 0's clocks decide and a
+        stop request on any rank stops every rank, so all ranks take the same collective steps."""
+        main = self.world.is_main
+        log, save = main and self.should_log(), main and self.should_save_time()
+        if not self.world.distributed:
+            return log, save
+        log, save, stopping = self.world.any([log, save, stop.requested], self.agent.device)
+        if stopping and not stop.requested:
+            stop.request()
+        return log, save
 
     # --- the steps of the loop ------------------------------------------------------------------------
 
@@ -217,6 +251,8 @@ class Loop:
         self._speed = (time.monotonic(), self.counters.step, self.counters.updates)
         self.logger.scalars(self.counter_scalars())
         self.logger.scalars({k: float(v) for k, v in self.replay.stats().items()}, prefix="replay/")
+        if self.world.distributed:
+            self._pool_scalars()
         frames = self.recorder.take()
         if frames is not None:
             self.logger.video("policy/episode", frames)
@@ -224,24 +260,51 @@ class Loop:
 
     def counter_scalars(self) -> dict[str, float]:
         c = self.counters
+        episodes = c.episodes
+        if self.world.distributed:  # each rank counts its own episodes; all ranks log the total
+            episodes = self.world.sum(episodes, self.agent.device)
         return {
             "frames": c.step * self.action_repeat,
             "updates": c.updates,
-            "episodes": c.episodes,
+            "episodes": episodes,
             "nonfinite": c.nonfinite,
         }
 
+    def _pool_scalars(self) -> None:
+        """Pool every rank's pending scalars into rank 0's logger, so each logged value is the mean over
+        all ranks' values (every rank's episodes count); other ranks' loggers have no outputs."""
+        pooled = self.world.gather_object((dict(self.logger.sums), dict(self.logger.counts)))
+        if pooled is None:
+            return
+        for sums, counts in pooled[1:]:
+            for name, value in sums.items():
+                self.logger.sums[name] += value
+                self.logger.counts[name] += counts[name]
+
     def save(self) -> None:
-        """Flush the replay to its chunks (so disk equals memory) and write a checkpoint."""
+        """Flush the replay to its chunks (so disk equals memory) and write a checkpoint.
+
+        Across ranks every rank flushes its own replay shard and rank 0 writes one checkpoint holding
+        the shared weights and every rank's own state, after checking that all ranks' weights agree.
+        """
         self.replay.flush()
-        self.parts.checkpointer.save(self.state_dict(), self.counters.step)
+        state = self.state_dict()
+        if self.world.distributed:
+            own = {key: to_cpu(state[key]) for key in RANK_KEYS}
+            own["weights_sha256"] = fingerprint(self.agent.wm, self.agent.ac)
+            ranks = self.world.gather_object(own)
+            if ranks is not None:
+                check_replicas(ranks)
+                state = {**state, "world_size": self.world.size, "ranks": ranks}
+        if self.world.is_main:
+            self.parts.checkpointer.save(state, self.counters.step)
         self.saved_step = self.counters.step
 
     # --- callbacks and state ------------------------------------------------------------------------
 
     def _on_step(self, step: dict[str, np.ndarray]) -> None:
         self.replay.add(step)
-        self.counters.step += len(step["is_first"])
+        self.counters.step += len(step["is_first"]) * self.world.size  # the ranks step in lockstep
         self.recorder(step)
 
     def _on_episode(self, stats: dict[str, Any]) -> None:
@@ -266,7 +329,19 @@ class Loop:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a checkpoint: weights, optimizers, replay sampler, counters, schedules, RNG."""
+        """Continue from a checkpoint: weights, optimizers, replay sampler, counters, schedules, RNG.
+
+        A checkpoint of a data-parallel run continues on the same number of ranks, each from its own part.
+        """
+        ranks = int(state.get("world_size", 1))
+        if ranks != self.world.size:
+            raise CheckpointError(
+                f"this checkpoint was written by a run on {ranks} rank(s); resume it on {ranks} "
+                f"(torchrun --nproc_per_node ...), not {self.world.size}: replay shards and random "
+                "states are per rank"
+            )
+        if ranks > 1:
+            state = {**state, **state["ranks"][self.world.rank]}
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
         loop = state["loop"]

@@ -24,6 +24,10 @@ class StopFlag:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Stop as if `signum` had arrived (another data-parallel rank received a signal)."""
+        self.signum = signum
+
     def exit_status(self) -> int:
         return EXIT_STATUS.get(self.signum, 0) if self.signum is not None else 0
 

@@ -1,0 +1,169 @@
+"""Data-parallel training across processes with torch.distributed, launched by `torchrun`.
+
+    torchrun --standalone --nproc_per_node 2 train.py --configs cartpole small --logdir runs/x
+
+Every rank runs the whole loop on its own envs (distinct seeds) and its own replay shard
+(`<logdir>/replay/rank<r>`). After each backward pass the gradients (and the loss) are averaged across
+ranks with one all-reduce, so every rank applies the same optimizer step and all ranks hold identical
+weights. The return scaler computes its percentiles over the returns of all ranks, logged scalars are
+averaged over all ranks (episode statistics pool every rank's episodes), and only rank 0 evaluates,
+renders videos, writes logs and writes checkpoints; a checkpoint holds every rank's own state (replay
+sampler, training carry, counters, random states) beside the shared weights, so a resume on the same
+number of ranks continues each rank where it was.
+
+Counters are global: `run.steps` is the total over all ranks and envs, and each loop iteration adds
+`num_envs x world_size` policy steps on every rank. The effective batch of an update is
+`world_size x replay.batch_size` sequences; updates per policy step are
+`train_ratio / (world_size x B x T)`, so every collected step is still replayed `train_ratio` times on
+average, as in a single process (see the README for the trade-offs).
+
+Without torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) nothing here touches
+torch.distributed and a run is exactly a single-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+class DistributedError(RuntimeError):
+    """A process group that cannot be set up as configured, or ranks that disagree."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes; a single process is `World()`."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- what the agent needs ---------------------------------------------------------------------
+
+    def average_grads(self, params: list[Tensor], loss: Tensor) -> Tensor:
+        """Average the `.grad` of `params` and `loss` over all ranks in one all-reduce, in place.
+
+        Parameters without a gradient are skipped (the same ones on every rank: the graph is the same).
+        A non-finite gradient on any rank makes the average non-finite on every rank, so all ranks skip
+        that update together. Returns the averaged loss (detached).
+        """
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([loss.detach().float().reshape(1), *(g.reshape(-1) for g in grads)])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 1
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return flat[0]
+
+    def all_gather(self, x: Tensor) -> Tensor:
+        """Concatenate `x` (the same shape on every rank) from all ranks along dim 0, in rank order."""
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
+    # --- what the loop needs ----------------------------------------------------------------------
+
+    def broadcast_modules(self, *modules: nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers (fresh weights differ by seed)."""
+        for module in modules:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    def any(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Element-wise OR of boolean flags over all ranks (decisions every rank must take together)."""
+        t = torch.tensor(flags, dtype=torch.int32, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def sum(self, value: float, device: torch.device) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` (picklable, tensors on the CPU) on rank 0 in rank order; None elsewhere."""
+        out = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_world(backend: str = "auto", device: str = "auto") -> World:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    `backend` "auto" takes nccl when the ranks train on CUDA and gloo on the CPU. On CUDA each rank uses
+    the GPU of its local rank. Without WORLD_SIZE (or with 1) this is a single process and returns
+    `World()` without touching torch.distributed.
+    """
+    if backend not in BACKENDS:
+        raise DistributedError(f"run.dist_backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = uses_cuda(device)
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise DistributedError("run.dist_backend 'nccl' needs CUDA; set run.device to cuda or use 'gloo'")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return World(rank, size, local_rank, backend)
+
+
+def uses_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def rank_device(device: str, world: World) -> str:
+    """`run.device` for this rank: CUDA ranks use the GPU of their local rank."""
+    if world.distributed and uses_cuda(device):
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def fingerprint(*modules: nn.Module) -> str:
+    """sha256 of the bytes of every parameter and buffer: equal exactly when the weights are equal."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def to_cpu(obj: Any) -> Any:
+    """The same nested dicts, lists and tuples with every tensor moved to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
