@@ -3,6 +3,7 @@
 Starting the same command again on the same logdir resumes from its newest checkpoint (the replay
 comes back from its chunks). `--run.from_checkpoint PATH` initializes the agent (weights, optimizer
 states, return scaler, slow critic) from another run's checkpoint when this logdir has none.
+`torchrun --nproc_per_node N train.py ...` trains data-parallel on N processes (run/distributed.py).
 SIGTERM or Ctrl-C writes a final checkpoint and exits with status 0 (SIGTERM) or 130 (SIGINT).
 Exit status 1: a runtime error (unwritable logdir, unusable checkpoint, a diverged run); 2: bad config.
 """
@@ -106,7 +107,7 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     """
     import torch
 
-    from run.checkpoint import Checkpointer, check_compatible
+    from run.checkpoint import Checkpointer, check_compatible, check_world_size
     from run.checkpoint import load as load_checkpoint
     from run.distributed import World, rank_device
     from run.logger import Logger
@@ -128,6 +129,7 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     resume = checkpointer.load_latest()
     if resume:
         check_compatible(resume.state["config"], config_yaml, resume.path)
+        check_world_size(resume.state, world.size, resume.path)
     init = None
     if resume is None and config.run.from_checkpoint:
         init = load_checkpoint(config.run.from_checkpoint)
@@ -150,11 +152,15 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     parts = Parts(env, replay, agent, logger, checkpointer, eval_env)
     batch = config.replay.batch_size * world.size  # the effective batch: B sequences from every rank
     ratio = updates_per_step(config.run.train_ratio, batch, config.replay.batch_length)
-    loop = Loop(config.run, parts, ratio, config.env.action_repeat, config.seed + world.rank, config_yaml, world)
+    loop = Loop(
+        config.run, parts, ratio, config.env.action_repeat, config.seed + world.rank, config_yaml, world
+    )
     if resume:
         loop.load_state_dict(resume.state)
         if world.is_main:
-            print(f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)")
+            print(
+                f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)"
+            )
     elif init:
         agent.load_state_dict(init["agent"])
         print(f"agent initialized from {config.run.from_checkpoint}")

@@ -66,6 +66,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written, read or used; the message names the file and the cause."""
 
 
+def check_world_size(state: dict, world_size: int, path: str | os.PathLike) -> None:
+    """A data-parallel checkpoint holds one part per rank: it resumes only on as many ranks."""
+    ranks = int(state.get("world_size", 1))
+    if ranks != world_size:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run on {ranks} rank(s); resume it on {ranks} "
+            f"(torchrun --nproc_per_node {ranks} train.py ...), not on {world_size}: replay shards and "
+            "random states are per rank"
+        )
+
+
 class Loaded(NamedTuple):
     path: Path
     state: dict

@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from configs.schema import RunConfig
-from run.checkpoint import CheckpointError, Checkpointer
+from run.checkpoint import Checkpointer
 from run.distributed import World, fingerprint, to_cpu
 from run.driver import Driver, random_policy
 from run.eval_policy import collect_episodes, policy_summary
@@ -291,7 +291,7 @@ class Loop:
         state = self.state_dict()
         if self.world.distributed:
             own = {key: to_cpu(state[key]) for key in RANK_KEYS}
-            own["weights_sha256"] = fingerprint(self.agent.wm, self.agent.ac)
+            own["weights_sha256"] = fingerprint(state["agent"]["world_model"], state["agent"]["actor_critic"])
             ranks = self.world.gather_object(own)
             if ranks is not None:
                 check_replicas(ranks)
@@ -331,16 +331,10 @@ class Loop:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint: weights, optimizers, replay sampler, counters, schedules, RNG.
 
-        A checkpoint of a data-parallel run continues on the same number of ranks, each from its own part.
+        A checkpoint of a data-parallel run continues on the same number of ranks (`check_world_size`),
+        each rank from its own part.
         """
-        ranks = int(state.get("world_size", 1))
-        if ranks != self.world.size:
-            raise CheckpointError(
-                f"this checkpoint was written by a run on {ranks} rank(s); resume it on {ranks} "
-                f"(torchrun --nproc_per_node ...), not {self.world.size}: replay shards and random "
-                "states are per rank"
-            )
-        if ranks > 1:
+        if self.world.distributed:
             state = {**state, **state["ranks"][self.world.rank]}
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
