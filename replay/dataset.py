@@ -30,6 +30,9 @@ def load_dataset(
 ) -> Replay:
     """A replay holding the data of `directory` (the newest `config.capacity` steps), never writing there.
 
+    `directory` holds replay chunks (also in its subfolders, e.g. the per-rank shards of a data-parallel
+    run) and/or episode .npz files.
+
     Args:
         spec: the step keys to load; None takes every key of the first readable file.
         config: the replay config; `batch_size`, `batch_length` and `recency` shape the samples.
@@ -37,7 +40,9 @@ def load_dataset(
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"offline dataset folder {directory} does not exist")
-    streams = [chunks.current(files) for files in chunks.list_chunks(directory).values()]
+    # Chunk folders one level down count too: a data-parallel run keeps one shard per rank (`rank<r>/`).
+    folders = [directory, *sorted(p for p in directory.iterdir() if p.is_dir())]
+    streams = [chunks.current(files) for folder in folders for files in chunks.list_chunks(folder).values()]
     episodes = sorted(p for p in directory.glob("*.npz") if chunks.parse(p) is None)
     if not streams and not episodes:
         raise FileNotFoundError(f"no chunk or episode .npz files in {directory}")

@@ -371,6 +371,18 @@ def test_load_dataset_reads_chunks_and_episode_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # never writes into the dataset
 
 
+def test_load_dataset_reads_the_shards_of_every_rank(tmp_path):
+    shards = [Replay(SPEC, replay_config(chunk_size=16), 2, tmp_path / f"rank{r}") for r in range(2)]
+    for r, shard in enumerate(shards):
+        fill(shard, Streams(2, seed=r), 20 + 10 * r)
+        shard.flush()
+    dataset = load_dataset(tmp_path, None, replay_config(capacity=200))
+    assert dataset.num_streams == 4 and len(dataset) == 2 * 20 + 2 * 30
+    for r, shard in enumerate(shards):
+        for s in range(2):
+            assert_same(dataset.stream_data(2 * r + s), shard.stream_data(s))
+
+
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no chunk or episode"):
         load_dataset(tmp_path, None, replay_config())
