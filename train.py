@@ -194,6 +194,7 @@ def train(config: Config, factories: Factories | None = None) -> int:
                 raise
             finally:
                 close(loop.parts)
+        world.barrier()  # every rank is done with the collectives before any leaves the group
     finally:
         world.close()
     if world.is_main:

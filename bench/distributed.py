@@ -72,6 +72,7 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
             times.append(t1 - t0)
             reduce_times.append(t2 - t1)
     torch.save({"times": times, "reduce": reduce_times, "B": B, "T": T}, Path(out) / f"rank{rank}.pt")
+    world.barrier()
     world.close()
 
 

@@ -107,7 +107,13 @@ class World:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
     def close(self) -> None:
+        """Leave the process group. After a clean end call `barrier` first: a rank that tears its
+        connections down while a peer still uses them makes that peer abort."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 

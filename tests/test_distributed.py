@@ -69,6 +69,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
         results["sum"] = world.sum(rank + 2.5, torch.device("cpu"))
         results["gathered"] = world.gather_object({"rank": rank})
         torch.save(results, Path(out) / f"rank{rank}.pt")
+        world.barrier()
     finally:
         world.close()
 
