@@ -19,6 +19,7 @@ run, so later lines include earlier ones) or the peak CUDA allocation per config
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -133,7 +134,7 @@ def bench(preset: str, obs: str, args) -> dict[str, float]:
         if i >= args.warmup:
             runs.append(times)
     result = {k: 1000 * statistics.median(r[k] for r in runs) for k in (*PARTS, "total")}
-    result["gflop"] = update_flops(agent, data, state) / 1e9
+    result["gflop"] = update_flops(agent, data, state) / 1e9 if args.flops else float("nan")
     result["gflops"] = result["gflop"] / (result["total"] / 1000)
     result["params_m"] = sum(p.numel() for m in (agent.wm, agent.ac) for p in m.parameters()) / 1e6
     result["peak_mb"] = peak_memory_mb(agent.device)
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     for preset in args.presets:
         for obs in args.obs:
             r = bench(preset, obs, args)
+            if args.json:
+                print(json.dumps({"preset": preset, "obs": obs, **r}), flush=True)
+                continue
             parts = " ".join(f"{r[k]:>9.0f}ms" for k in (*PARTS, "total"))
             util = f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"
             print(

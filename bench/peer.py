@@ -1,0 +1,97 @@
+"""Our full update against SheepRL's DreamerV3, interleaved on the same machine, like for like.
+
+Each round runs, for every (size, observation), `bench/update.py` on our `v1,<size>` presets and then
+`bench/peer_sheeprl.py` on SheepRL's `dreamer_v3_<SIZE>` in its own virtual environment, each in a fresh
+process with the same thread count, B=16, T=64, H=15, 2 discrete actions. Interleaving the two sides
+round by round exposes both to the same background load. The table gives each side's median over the
+rounds of its per-run median ms per update, and the ratio peer / ours (above 1: we are faster).
+
+    python3 -m venv /work/sheeprl-venv
+    /work/sheeprl-venv/bin/pip install torch==2.13.0 sheeprl==0.8.4
+    .venv/bin/python bench/peer.py --peer-python /work/sheeprl-venv/bin/python \
+        --sizes xs s --obs vector image --threads 1 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_LINE = re.compile(
+    r"^sheeprl (\w+) (\w+)\s+total_ms=([\d.]+)\s+world_model_ms=([\d.]+)\s+behavior_ms=([\d.]+)"
+)
+
+
+def ours(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
+    command = [
+        sys.executable, str(ROOT / "bench" / "update.py"), "--presets", f"v1,{size}", "--obs", obs,
+        "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+        "--no-flops", "--json",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    return {
+        "total": row["total"],
+        "world_model": row["world_model"],
+        "behavior": row["total"] - row["world_model"],
+    }
+
+
+def peer(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
+    command = [
+        args.peer_python, str(ROOT / "bench" / "peer_sheeprl.py"), "--presets", size, "--obs", obs,
+        "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    match = next(m for m in map(PEER_LINE.match, out.splitlines()) if m)
+    total, world_model, behavior = (float(match.group(i)) for i in (3, 4, 5))
+    return {"total": total, "world_model": world_model, "behavior": behavior}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer-python", default="/work/sheeprl-venv/bin/python")
+    parser.add_argument("--sizes", nargs="+", default=["xs", "s"], choices=["xs", "s"])
+    parser.add_argument("--obs", nargs="+", default=["vector", "image"], choices=["vector", "image"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+    runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for round_ in range(args.rounds):
+        for size in args.sizes:
+            for obs in args.obs:
+                for side, fn in (("ours", ours), ("sheeprl", peer)):
+                    r = fn(size, obs, args)
+                    runs.setdefault((size, obs, side), []).append(r)
+                    print(
+                        f"round {round_ + 1} {size:<2} {obs:<6} {side:<7} {r['total']:>8.0f} ms", flush=True
+                    )
+    print(f"\nmedian ms per full update over {args.rounds} interleaved rounds, {args.threads} thread(s)")
+    print(f"{'size':<4} {'obs':<6} {'ours':>8} {'(wm/beh)':>13} {'sheeprl':>8} {'(wm/beh)':>13} {'ratio':>6}")
+    for size in args.sizes:
+        for obs in args.obs:
+            med = {
+                side: {
+                    k: statistics.median(r[k] for r in runs[(size, obs, side)])
+                    for k in runs[(size, obs, side)][0]
+                }
+                for side in ("ours", "sheeprl")
+            }
+            o, p = med["ours"], med["sheeprl"]
+            ratio = p["total"] / o["total"]
+            print(
+                f"{size:<4} {obs:<6} {o['total']:>8.0f} {o['world_model']:>6.0f}/{o['behavior']:<6.0f} "
+                f"{p['total']:>8.0f} {p['world_model']:>6.0f}/{p['behavior']:<6.0f} {ratio:>5.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
