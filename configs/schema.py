@@ -84,8 +84,11 @@ class EncoderConfig:
     kernel: int = MISSING
     # Spatial resolution at which the conv stack stops (v2: 4).
     minres: int = MISSING
-    # Channel multipliers per conv stage, times `depth` (v2: [2, 3, 4, 4]).
+    # Channel multipliers per conv stage, times `depth` (v2: [2, 3, 4, 4]; v1: [1, 2, 4, 8]).
     mults: List[int] = MISSING
+    # Halve (double) the resolution with stride-2 convs (transposed convs in the decoder), as the 2023
+    # code (v1, kernel 4), instead of stride-1 convs with max-pooling (nearest upsampling) (v2).
+    strided: bool = MISSING
     # Observation keys matched by these regexes are encoded/decoded; "" matches none.
     vector_keys: str = MISSING
     image_keys: str = MISSING

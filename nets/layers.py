@@ -45,11 +45,37 @@ class Linear(nn.Linear):
 
 
 class Conv2d(nn.Conv2d):
-    """Same-padded nn.Conv2d (stride 1) with truncated-normal fan-in init scaled by `outscale`."""
+    """nn.Conv2d with truncated-normal fan-in init scaled by `outscale`, same-padded: stride 1 keeps the
+    size, stride 2 halves an even size (the v1 strided stages, kernel 4)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, outscale: float = 1.0, stride: int = 1
+    ):
+        self.outscale = outscale
+        padding = kernel // 2 if stride == 1 else (kernel - 1) // 2
+        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=padding)
+
+    def reset_parameters(self) -> None:
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        trunc_normal_fan_in_(self.weight, fan_in, self.outscale)
+        nn.init.zeros_(self.bias)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """Stride-2 transposed conv that exactly doubles the size (v1 decoder stages), fan-in init."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, outscale: float = 1.0):
         self.outscale = outscale
-        super().__init__(in_channels, out_channels, kernel, padding=kernel // 2)
+        padding = (kernel - 1) // 2
+        # (H - 1) * 2 - 2 * padding + kernel + output_padding = 2H
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel,
+            stride=2,
+            padding=padding,
+            output_padding=2 - kernel + 2 * padding,
+        )
 
     def reset_parameters(self) -> None:
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
@@ -74,18 +100,16 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if kind == "layer" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.axis == -1:
-            if self.kind == "rms":
-                return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), RMS_EPS)
-            return F.layer_norm(x, (self.dim,), self.weight, self.bias, LAYER_EPS)
-        shape = (1, self.dim) + (1,) * (x.dim() - 2)
-        if self.kind == "layer":
-            x = x - x.mean(1, keepdim=True)
-            eps = LAYER_EPS
-        else:
-            eps = RMS_EPS
-        x = x * torch.rsqrt(x.square().mean(1, keepdim=True) + eps) * self.weight.view(shape)
-        return x + self.bias.view(shape) if self.bias is not None else x
+        if self.axis == 1:
+            # [N, C, H, W] -> [N, H, W, C] is a free view of a channels-last map, so the fused kernels of
+            # the feature case apply; the result is a channels-last map again, as the next conv wants it.
+            return self._norm_last(x.movedim(1, -1)).movedim(-1, 1)
+        return self._norm_last(x)
+
+    def _norm_last(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rms":
+            return F.rms_norm(x, (self.dim,), self.weight.to(x.dtype), RMS_EPS)
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, LAYER_EPS)
 
 
 class BlockLinear(nn.Module):

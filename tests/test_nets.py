@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nets.functional import symexp, symlog
-from nets.layers import MLP, BlockLinear, Conv2d, Linear, Norm
+from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm
 
 
 def test_symlog_golden_and_round_trip():
@@ -102,3 +102,14 @@ def test_conv_same_padding_and_init():
     conv = Conv2d(3, 4, 5)
     assert conv(torch.randn(2, 3, 16, 16)).shape == (2, 4, 16, 16)
     assert torch.all(Conv2d(3, 4, 5, outscale=0.0).weight == 0)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4, 5])
+def test_strided_conv_halves_and_transposed_conv_doubles(kernel):
+    x = torch.randn(2, 3, 16, 8)
+    assert Conv2d(3, 4, kernel, stride=2)(x).shape == (2, 4, 8, 4)
+    up = ConvTranspose2d(3, 4, kernel)
+    assert up(x).shape == (2, 4, 32, 16)
+    fan_in = 3 * kernel * kernel
+    assert up.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.25)
+    assert torch.all(ConvTranspose2d(3, 4, kernel, outscale=0.0).weight == 0)

@@ -220,6 +220,41 @@ def test_bad_config_errors_name_the_key(overrides, message):
         make("both", **overrides)
 
 
+def test_v1_strided_convs_match_the_2023_layout():
+    """v1: stride-2 kernel-4 convs with depth x (1, 2, 4, 8) channels down to 4x4 (as v1 ports such as
+    SheepRL's XS: 24, 48, 96, 192), transposed convs back up, and a quarter of the conv work per stage."""
+    space = {"image": ArraySpec((64, 64, 3), np.uint8)}
+    cfg = load_config(["v1", "xs"]).world_model
+    wm = WorldModel(cfg, space, ACT, 0.99)
+    convs = [conv for conv, _ in wm.encoder.convs]
+    assert [c.out_channels for c in convs] == [24, 48, 96, 192]
+    assert all(c.stride == (2, 2) and c.kernel_size == (4, 4) for c in convs)
+    assert wm.encoder.out_features == 192 * 4 * 4
+    image = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    assert wm.encoder({"image": image}).shape == (2, 3, 192 * 16)
+    dist = wm.decoder(torch.randn(2, 3, wm.feat_size))["image"]
+    assert dist.mode().shape == (2, 3, 64, 64, 3)
+    assert [type(c).__name__ for c, _ in wm.decoder.convs] == ["ConvTranspose2d"] * 3
+    unstrided = WorldModel(load_config(["xs"]).world_model, space, ACT, 0.99)
+    assert sum(p.numel() for p in unstrided.encoder.parameters()) > 0
+    x = torch.zeros(1, 3, 64, 64)
+    assert convs[0](x).shape[-1] * 2 == unstrided.encoder.convs[0][0](x).shape[-1]
+
+
+@pytest.mark.parametrize("obs", ["image", "both"])
+def test_strided_world_model_trains(obs):
+    wm, data = (
+        make(obs, encoder={"strided": True, "kernel": 4}, decoder={"strided": True, "kernel": 4}),
+        batch(obs),
+    )
+    out = wm.loss(data)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name, p in wm.named_parameters():
+        if name.startswith(("encoder.convs", "decoder.convs")):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
 def test_bad_image_size_error():
     cfg = load_config(["debug"])
     with pytest.raises(ValueError, match="cannot be halved down to minres 4"):

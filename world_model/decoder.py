@@ -3,7 +3,8 @@
 Vectors: MLP on the features, then one linear output per key in symlog space (`SymlogMSE`, v2).
 Images: Linear to a minres x minres map, then stages of nearest 2x upsample -> conv -> norm -> SiLU, and a
 last upsample + conv to the image channels with a sigmoid mean in [0, 1] (`MSE` over H, W, C against
-x / 255, as the reference).
+x / 255, as the reference). `strided` (v1) uses stride-2 transposed convs (kernel k) instead of upsample
++ conv.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from envs.spaces import ArraySpec
 from nets.distributions import MSE, SymlogMSE
-from nets.layers import MLP, Conv2d, Linear, Norm
+from nets.layers import MLP, Conv2d, ConvTranspose2d, Linear, Norm
 from world_model.encoder import conv_stages, select_keys, stage_channels
 
 
@@ -47,10 +48,16 @@ class Decoder(nn.Module):
         self.minres = (h // 2**stages, w // 2**stages)
         self.space = Linear(feat_size, channels[-1] * self.minres[0] * self.minres[1])
         self.space_norm = Norm(channels[-1], norm, axis=1)
+        self.strided = config.strided
+        conv = ConvTranspose2d if self.strided else Conv2d
         self.convs = nn.ModuleList()
         for cin, cout in zip(channels[::-1][:-1], channels[::-1][1:], strict=True):
-            self.convs.append(nn.ModuleList([Conv2d(cin, cout, config.kernel), Norm(cout, norm, axis=1)]))
-        self.out = Conv2d(channels[0], sum(self.image_channels), config.kernel)
+            self.convs.append(nn.ModuleList([conv(cin, cout, config.kernel), Norm(cout, norm, axis=1)]))
+        self.out = conv(channels[0], sum(self.image_channels), config.kernel)
+
+    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest 2x upsampling before a stride-1 conv; strided (transposed) convs double by themselves."""
+        return x if self.strided else F.interpolate(x, scale_factor=2, mode="nearest")
 
     def forward(self, feat: torch.Tensor) -> dict[str, MSE]:
         lead = feat.shape[:-1]
@@ -64,8 +71,8 @@ class Decoder(nn.Module):
             x = rearrange(self.space(feat), "n (c h w) -> n c h w", h=self.minres[0], w=self.minres[1])
             x = F.silu(self.space_norm(x))
             for conv, norm in self.convs:
-                x = F.silu(norm(conv(F.interpolate(x, scale_factor=2, mode="nearest"))))
-            x = torch.sigmoid(self.out(F.interpolate(x, scale_factor=2, mode="nearest")))
+                x = F.silu(norm(conv(self._upsample(x))))
+            x = torch.sigmoid(self.out(self._upsample(x)))
             x = rearrange(x, "n c h w -> n h w c")
             for key, img in zip(self.image_keys, x.split(self.image_channels, -1), strict=True):
                 dists[key] = MSE(img.reshape(*lead, *img.shape[1:]), event_dims=3)

@@ -3,6 +3,8 @@
 v2 (danijar/dreamerv3 `dreamerv3/rssm.py` Encoder): vectors are symlogged and concatenated, then
 `layers` x (Linear -> norm -> SiLU); images (concatenated on channels) become x/255 - 0.5, then stages of
 conv (kernel k, stride 1) -> 2x2 max-pool -> norm -> SiLU with depth x mults channels, down to `minres`.
+`strided` (the 2023 code, v1) halves with the conv itself instead: conv (kernel k, stride 2) -> norm -> SiLU,
+a quarter of the multiply-adds per stage.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Encoder(nn.Module):
                 f"the encoder matches no observation key: keys {sorted(obs_space)}, vector_keys "
                 f"{config.vector_keys!r}, image_keys {config.image_keys!r}"
             )
+        self.strided = config.strided
         self.out_features = 0
         if self.vector_keys:
             dim = sum(obs_space[k].shape[0] for k in self.vector_keys)
@@ -78,7 +81,9 @@ class Encoder(nn.Module):
         stages = conv_stages(h, w, config.minres, self.image_keys)
         layers = nn.ModuleList()
         for out in stage_channels(config.depth, config.mults, stages):
-            layers.append(nn.ModuleList([Conv2d(channels, out, config.kernel), Norm(out, self.norm, axis=1)]))
+            stride = 2 if config.strided else 1
+            conv = Conv2d(channels, out, config.kernel, stride=stride)
+            layers.append(nn.ModuleList([conv, Norm(out, self.norm, axis=1)]))
             channels = out
         self.out_features += channels * (h // 2**stages) * (w // 2**stages)
         return layers
@@ -94,6 +99,7 @@ class Encoder(nn.Module):
             x = torch.cat([obs[k] for k in self.image_keys], -1)
             x = rearrange(x.reshape(-1, *x.shape[-3:]), "n h w c -> n c h w").float() / 255.0 - 0.5
             for conv, norm in self.convs:
-                x = F.silu(norm(F.max_pool2d(conv(x), 2)))
+                x = conv(x) if self.strided else F.max_pool2d(conv(x), 2)
+                x = F.silu(norm(x))
             outs.append(x.flatten(1))
         return torch.cat(outs, -1).reshape(*lead, self.out_features)
