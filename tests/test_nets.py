@@ -67,12 +67,18 @@ def test_norm_matches_float64_reference(kind):
             + norm.bias.double()
         )
     torch.testing.assert_close(norm(x).double(), ref, atol=1e-5, rtol=1e-5)
-    # Channel axis gives the same numbers as features-last.
+    # Over the channels of conv maps [N, C, H, W], in either memory layout.
     cnorm = Norm(6, kind, axis=1)
     cnorm.load_state_dict(norm.state_dict())
-    img = torch.randn(2, 6, 3, 5)
-    last = norm(img.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    torch.testing.assert_close(cnorm(img), last, atol=1e-5, rtol=1e-5)
+    img = torch.randn(2, 6, 3, 5) * 3 + 1
+    x64, shape = img.double(), (1, 6, 1, 1)
+    c = x64 - x64.mean(1, keepdim=True) if kind == "layer" else x64
+    eps = 1e-3 if kind == "layer" else 1e-4
+    ref = c / torch.sqrt(c.square().mean(1, keepdim=True) + eps) * norm.weight.double().view(shape)
+    ref = ref + norm.bias.double().view(shape) if kind == "layer" else ref
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = cnorm(img.contiguous(memory_format=layout))
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_norm_rejects_unknown_kind():

@@ -241,6 +241,37 @@ def test_v1_strided_convs_match_the_2023_layout():
     assert convs[0](x).shape[-1] * 2 == unstrided.encoder.convs[0][0](x).shape[-1]
 
 
+@pytest.mark.parametrize("preset", [[], ["v1"]])
+def test_channels_last_conv_weights_give_the_results_of_the_plain_layout(preset):
+    """The conv stacks keep their weights channels-last for speed; losses and gradients must equal those
+    of contiguous weights up to float32 rounding (the channel norms are checked in test_nets)."""
+    wm, data = make("image", seed=3), batch("image", seed=3)
+    if preset:
+        cfg = load_config(
+            ["debug", *preset], {"world_model": {"encoder": {"kernel": 4}, "decoder": {"kernel": 4}}}
+        )
+        torch.manual_seed(3)
+        wm = WorldModel(cfg.world_model, SPACES["image"], ACT, discount=0.99)
+    convs = [m for m in wm.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+    def loss_and_grads():
+        torch.manual_seed(0)
+        wm.zero_grad()
+        loss = wm.loss(data).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in wm.named_parameters() if p.grad is not None}
+
+    fast = loss_and_grads()
+    for conv in convs:
+        conv.weight.data = conv.weight.data.contiguous()
+    plain = loss_and_grads()
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-5, atol=1e-5)
+    assert fast[1].keys() == plain[1].keys()
+    for name in fast[1]:
+        torch.testing.assert_close(fast[1][name], plain[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("obs", ["image", "both"])
 def test_strided_world_model_trains(obs):
     wm, data = (
