@@ -82,7 +82,11 @@ class Actor(nn.Module):
         self.net = MLP(feat_size, head.units, head.layers, norm, outputs, head.outscale)
 
     def forward(self, feat: Tensor) -> ActionDist:
-        out = self.net(feat).float()
+        return self.dist(self.net(feat))
+
+    def dist(self, out: Tensor) -> ActionDist:
+        """The action distribution from the network's outputs [..., P]."""
+        out = out.float()
         if self.act_space.kind == "discrete":
             return OneHotCategorical(out, self.config.unimix)
         if self.act_space.kind == "multidiscrete":
@@ -132,6 +136,9 @@ class Imagination(NamedTuple):
     action: Tensor  # [N, H+1, A] the action the actor took at each state
     reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
     cont: Tensor  # [N, H+1] continue-head probability
+    # [N, H+1, P] the actor network's outputs that chose the actions, attached to the actor's weights
+    # (the losses reuse them instead of running the actor again); None: the losses run the actor.
+    policy: Tensor | None = None
 
 
 class ImagLoss(NamedTuple):
@@ -201,10 +208,19 @@ class ActorCritic(nn.Module):
         """Roll the actor out in the world model from `start` (an RSSMState of N states, detached).
 
         REINFORCE needs no gradient through the rollout, so it runs without autograd; "dynamics" keeps
-        the gradient of the actions through the (frozen) world model.
+        the gradient of the actions through the (frozen) world model. Either way the actor's outputs keep
+        their graph to the actor's weights, so the policy loss reuses them (as the straightforward
+        version would recompute them on the detached features).
         """
         dynamics = self.grad == "dynamics"
-        policy = lambda state: self.actor(world_model.feat(state).detach()).sample()
+        outs = []
+
+        def policy(state) -> Tensor:
+            feat = world_model.feat(state).detach()
+            with torch.enable_grad():
+                outs.append(self.actor.net(feat))
+            return self.actor.dist(outs[-1]).sample()
+
         grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
         with grad_ctx:
             states, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon)
@@ -213,7 +229,7 @@ class ActorCritic(nn.Module):
             cont = world_model.cont_dist(feat).mean().float().detach()
         if not dynamics:
             action = action.detach()
-        return Imagination(feat, action, reward, cont)
+        return Imagination(feat, action, reward, cont, torch.stack(outs, 1))
 
     def imag_loss(self, traj: Imagination, update: bool = True) -> ImagLoss:
         """Policy and value losses [N, H] on an imagined rollout; updates the return scaler if `update`."""
@@ -230,7 +246,7 @@ class ActorCritic(nn.Module):
         scale = self.retnorm.scale()
         adv = (ret - value[:, :-1].detach()) / scale
         # Heads run on all H + 1 steps and are sliced after: slicing the input first would copy it.
-        policy = self.actor(feat)
+        policy = self.actor(feat) if traj.policy is None else self.actor.dist(traj.policy)
         ent = policy.entropy()[:, :-1]
         if self.grad == "reinforce":
             logpi = policy.log_prob(traj.action.detach())[:, :-1]

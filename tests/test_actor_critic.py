@@ -169,6 +169,31 @@ def test_dynamics_gradient_reaches_actor_through_the_model_only():
     assert make_ac("discrete", {"grad": "dynamics"}).grad == "reinforce"
 
 
+@pytest.mark.parametrize(
+    "kind, overrides", [("discrete", {}), ("continuous", {}), ("continuous", {"grad": "dynamics"})]
+)
+def test_reusing_the_rollouts_actor_outputs_equals_running_the_actor_again(kind, overrides):
+    """The losses take the actor's outputs from the rollout; the straightforward version runs the actor
+    again on the imagined features. Same losses and gradients."""
+    wm, ac = ToyWorldModel(kind == "discrete"), make_ac(kind, overrides)
+    traj = ac.imagine(wm, wm.starts(16))
+    assert traj.policy.shape[:2] == traj.feat.shape[:2] and traj.policy.requires_grad
+
+    def losses_and_grads(t):
+        ac.zero_grad(set_to_none=True)
+        out = ac.imag_loss(t, update=False)
+        sum(v.mean() for v in out.losses.values()).backward(retain_graph=True)
+        return out.losses, {n: p.grad.clone() for n, p in ac.named_parameters() if p.grad is not None}
+
+    reused, reused_grads = losses_and_grads(traj)
+    again, again_grads = losses_and_grads(traj._replace(policy=None))
+    for key in reused:
+        torch.testing.assert_close(reused[key], again[key])
+    assert reused_grads.keys() == again_grads.keys() and any(k.startswith("actor") for k in reused_grads)
+    for name in reused_grads:
+        torch.testing.assert_close(reused_grads[name], again_grads[name], msg=name)
+
+
 def test_imag_loss_alignment_and_values():
     """With a zero critic, R_t is the lambda-return of the rewards alone; check every term by hand."""
     ac = make_ac(overrides={"entropy": 0.0})
