@@ -37,4 +37,5 @@ def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: Actio
         act_space,
         resolve_device(config.run.device),
         config.run.precision,
+        config.run.compile,
     )

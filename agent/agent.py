@@ -49,6 +49,7 @@ class Agent:
         act_space: the agent-side action space.
         device: where the modules live and the updates run.
         precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32).
+        compile: torch.compile the MLPs that run on all N(H+1) imagined states (`compile_heads`).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Agent:
         act_space: ActionSpace,
         device: torch.device,
         precision: str = "float32",
+        compile: bool = False,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"run.precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
@@ -78,9 +80,28 @@ class Agent:
         )
         self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
         self.update_count = 0
+        if compile:
+            self.compile_heads()
         self.reducer: Any = None  # set by `data_parallel`
         # The return scaler's statistics before the latest forward pass, restored if its update is skipped.
         self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
+
+    def compile_heads(self) -> None:
+        """torch.compile (in place: names and state dicts stay the same) the MLPs that run on every
+        imagined state, where most of an update's time goes; the recurrent step stays eager, compiling
+        it gained nothing on CPU. A module whose compilation fails falls back to eager execution."""
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        heads = (
+            self.ac.actor.net,
+            self.ac.critic.net,
+            self.ac.slow_critic.net,
+            self.wm.reward.mlp,
+            self.wm.cont.mlp,
+        )
+        for net in heads:
+            net.compile(dynamic=True)
 
     # --- acting ----------------------------------------------------------------------------------
     def initial_policy_state(self, num_envs: int) -> PolicyState:

@@ -119,7 +119,7 @@ def matmul_peak(device: torch.device, precision: str, n: int = 1024, repeats: in
 
 
 def bench(preset: str, obs: str, args) -> dict[str, float]:
-    overrides = {"run": {"device": args.device, "precision": args.precision}}
+    overrides = {"run": {"device": args.device, "precision": args.precision, "compile": args.compile}}
     # "v1,xs" applies several presets in order, for like-for-like comparisons with v1 ports.
     config = load_config(preset.split(","), overrides)
     B, T = config.replay.batch_size, config.replay.batch_length
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="run.compile (use --warmup 2 or more)")
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args(argv)
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     peak = matmul_peak(device, args.precision) / 1e9
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {device}, {args.precision}")
+    mode = f"{args.precision}, compiled heads" if args.compile else args.precision
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {device}, {mode}")
     print(f"measured matmul peak: {peak:.0f} GFLOP/s (1024^3, {args.precision})")
     print(
         f"{'preset':<9} {'obs':<7} {'params':>7} "
