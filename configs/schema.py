@@ -140,6 +140,9 @@ class WorldModelConfig:
     gru: str = MISSING
     # Blocks of the block GRU (v2: 8).
     blocks: int = MISSING
+    # Inputs of the recurrence: "separate" embeds deter, stoch and action each by Linear -> norm -> SiLU
+    # (v2 `dynin`); "joint" embeds [stoch, action] by one such layer and the GRU sees [h, x] (v1 `img_in`).
+    dyn_inputs: str = MISSING
     # "zeros" (v2) or "learned" (v1) initial state, used at `is_first`.
     initial: str = MISSING
     # Hidden layers of the prior p(z|h) (v2: 2) and the posterior q(z|h,e) (v2: 1).

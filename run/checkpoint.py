@@ -43,6 +43,7 @@ SHAPE_KEYS = (
     "world_model.latent",
     "world_model.gru",
     "world_model.blocks",
+    "world_model.dyn_inputs",
     "world_model.initial",
     "world_model.prior_layers",
     "world_model.post_layers",

@@ -241,6 +241,25 @@ def test_v1_strided_convs_match_the_2023_layout():
     assert convs[0](x).shape[-1] * 2 == unstrided.encoder.convs[0][0](x).shape[-1]
 
 
+def test_v1_dynamics_take_one_embedding_of_stoch_and_action():
+    """v1 (`img_in`): h_t = GRU(h, Linear(z, a)) with the gates from [h, x]; one hidden prior layer."""
+    cfg = load_config(["v1", "xs"]).world_model
+    wm = WorldModel(cfg, SPACES["vector"], ACT, 0.99)
+    rssm = wm.rssm
+    assert not hasattr(rssm, "in_deter") and not hasattr(rssm, "in_stoch")
+    assert rssm.in_joint.net[0].weight.shape == (256, 32 * 32 + 3)
+    assert rssm.core.gates.weight.shape == (3 * 256, 256 + 256)
+    assert sum(isinstance(m, torch.nn.Linear) for m in rssm.prior_net.modules()) == 2  # hidden + stats
+    out = wm.loss(batch("vector"))
+    out.loss.backward()
+    for name, p in rssm.named_parameters():
+        if name.startswith(("in_joint", "core")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # The v2 layout embeds the three inputs apart.
+    v2 = WorldModel(load_config(["xs"]).world_model, SPACES["vector"], ACT, 0.99).rssm
+    assert v2.core.hid_x.weight.shape[1] == 3 * 256 and not hasattr(v2, "in_joint")
+
+
 @pytest.mark.parametrize("preset", [[], ["v1"]])
 def test_channels_last_conv_weights_give_the_results_of_the_plain_layout(preset):
     """The conv stacks keep their weights channels-last for speed; losses and gradients must equal those

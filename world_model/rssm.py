@@ -24,6 +24,7 @@ from nets.layers import MLP, BlockLinear, Linear, Norm, trunc_normal_fan_in_
 
 LATENTS = ("categorical", "gaussian")
 GRUS = ("block", "plain")
+DYN_INPUTS = ("separate", "joint")
 INITIALS = ("zeros", "learned")
 
 
@@ -134,6 +135,7 @@ class RSSM(nn.Module):
         super().__init__()
         _check("latent", config.latent, LATENTS)
         _check("gru", config.gru, GRUS)
+        _check("dyn_inputs", config.dyn_inputs, DYN_INPUTS)
         _check("initial", config.initial, INITIALS)
         c = config
         self.latent, self.initial_kind = c.latent, c.initial
@@ -141,14 +143,20 @@ class RSSM(nn.Module):
         self.unimix, self.min_std = c.unimix, c.min_std
         self.stoch_flat = c.stoch * (c.classes if c.latent == "categorical" else 1)
         stats = c.stoch * (c.classes if c.latent == "categorical" else 2)
-        # Inputs of the dynamics, each embedded by Linear -> Norm -> SiLU (v2 `dynin0..2`).
-        self.in_deter = MLP(c.deter, c.hidden, 1, c.norm)
-        self.in_stoch = MLP(self.stoch_flat, c.hidden, 1, c.norm)
-        self.in_action = MLP(action_dim, c.hidden, 1, c.norm)
-        if c.gru == "block":
-            self.core = BlockGRUCore(c.deter, 3 * c.hidden, c.blocks, c.norm)
+        # Inputs of the dynamics: each embedded by Linear -> Norm -> SiLU (v2 `dynin0..2`), or
+        # [stoch, action] by one such layer (v1 `img_in`).
+        self.joint_inputs = c.dyn_inputs == "joint"
+        if self.joint_inputs:
+            self.in_joint = MLP(self.stoch_flat + action_dim, c.hidden, 1, c.norm)
         else:
-            self.core = PlainGRUCore(c.deter, 3 * c.hidden, c.norm)
+            self.in_deter = MLP(c.deter, c.hidden, 1, c.norm)
+            self.in_stoch = MLP(self.stoch_flat, c.hidden, 1, c.norm)
+            self.in_action = MLP(action_dim, c.hidden, 1, c.norm)
+        inp = c.hidden if self.joint_inputs else 3 * c.hidden
+        if c.gru == "block":
+            self.core = BlockGRUCore(c.deter, inp, c.blocks, c.norm)
+        else:
+            self.core = PlainGRUCore(c.deter, inp, c.norm)
         self.prior_net = MLP(c.deter, c.hidden, c.prior_layers, c.norm, out_features=stats)
         if c.post_layers < 1:
             raise ValueError(f"world_model.post_layers must be >= 1; got {c.post_layers}")
@@ -214,7 +222,10 @@ class RSSM(nn.Module):
         stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
         # Actions are scaled into [-1, 1] without a gradient through the scale (reference `_core`).
         action = action / torch.clamp(action.abs(), min=1.0).detach()
-        x = torch.cat([self.in_deter(state.deter), self.in_stoch(stoch), self.in_action(action)], -1)
+        if self.joint_inputs:
+            x = self.in_joint(torch.cat([stoch, action], -1))
+        else:
+            x = torch.cat([self.in_deter(state.deter), self.in_stoch(stoch), self.in_action(action)], -1)
         return self.core(state.deter, x)
 
     # --- steps -----------------------------------------------------------------------------------
