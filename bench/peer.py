@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"round {round_ + 1} {size:<2} {obs:<6} {side:<7} {r['total']:>8.0f} ms", flush=True
                     )
     print(f"\nmedian ms per full update over {args.rounds} interleaved rounds, {args.threads} thread(s)")
-    print(f"{'size':<4} {'obs':<6} {'ours':>8} {'(wm/beh)':>13} {'sheeprl':>8} {'(wm/beh)':>13} {'ratio':>6}")
+    print("ours split: world-model forward / the rest (behaviour forward, one backward, optimizer step);")
+    print("sheeprl split: world-model learning / behaviour learning (each forward, backward and step)")
+    print(f"{'size':<4} {'obs':<6} {'ours':>8} {'(split)':>13} {'sheeprl':>8} {'(split)':>13} {'ratio':>6}")
     for size in args.sizes:
         for obs in args.obs:
             med = {
