@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEER_LINE = re.compile(
     r"^sheeprl (\w+) (\w+)\s+total_ms=([\d.]+)\s+world_model_ms=([\d.]+)\s+behavior_ms=([\d.]+)"
+    r".*gflop=([\d.]+)"
 )
 
 
@@ -32,26 +33,24 @@ def ours(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
     command = [
         sys.executable, str(ROOT / "bench" / "update.py"), "--presets", f"v1,{size}", "--obs", obs,
         "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-        "--no-flops", "--json",
+        "--json",
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-    return {
-        "total": row["total"],
-        "world_model": row["world_model"],
-        "behavior": row["total"] - row["world_model"],
-    }
+    rest = row["total"] - row["world_model"]
+    return {"total": row["total"], "world_model": row["world_model"], "behavior": rest, "gflop": row["gflop"]}
 
 
 def peer(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
     command = [
         args.peer_python, str(ROOT / "bench" / "peer_sheeprl.py"), "--presets", size, "--obs", obs,
         "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+        "--flops",
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     match = next(m for m in map(PEER_LINE.match, out.splitlines()) if m)
-    total, world_model, behavior = (float(match.group(i)) for i in (3, 4, 5))
-    return {"total": total, "world_model": world_model, "behavior": behavior}
+    total, world_model, behavior, gflop = (float(match.group(i)) for i in (3, 4, 5, 6))
+    return {"total": total, "world_model": world_model, "behavior": behavior, "gflop": gflop}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmedian ms per full update over {args.rounds} interleaved rounds, {args.threads} thread(s)")
     print("ours split: world-model forward / the rest (behaviour forward, one backward, optimizer step);")
     print("sheeprl split: world-model learning / behaviour learning (each forward, backward and step)")
-    print(f"{'size':<4} {'obs':<6} {'ours':>8} {'(split)':>13} {'sheeprl':>8} {'(split)':>13} {'ratio':>6}")
+    print("GFLOP per update (matmuls and convolutions, torch's FlopCounterMode) and GFLOP/s on each side")
+    head = f"{'ms':>8} {'(split)':>13} {'GFLOP':>6} {'GF/s':>5}"
+    print(f"{'size':<4} {'obs':<6} ours {head}  sheeprl {head}  {'ratio':>6}")
     for size in args.sizes:
         for obs in args.obs:
             med = {
@@ -89,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
             }
             o, p = med["ours"], med["sheeprl"]
             ratio = p["total"] / o["total"]
-            print(
-                f"{size:<4} {obs:<6} {o['total']:>8.0f} {o['world_model']:>6.0f}/{o['behavior']:<6.0f} "
-                f"{p['total']:>8.0f} {p['world_model']:>6.0f}/{p['behavior']:<6.0f} {ratio:>5.2f}x"
+            side = lambda r: (
+                f"{r['total']:>8.0f} {r['world_model']:>6.0f}/{r['behavior']:<6.0f} "
+                f"{r['gflop']:>6.1f} {r['gflop'] / r['total'] * 1000:>5.1f}"
             )
+            print(f"{size:<4} {obs:<6}      {side(o)}          {side(p)}  {ratio:>5.2f}x")
 
 
 if __name__ == "__main__":

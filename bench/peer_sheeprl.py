@@ -42,7 +42,7 @@ import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 
 import gymnasium as gym
@@ -59,6 +59,7 @@ from sheeprl.utils.metric import MetricAggregator
 from sheeprl.utils.timer import timer
 from sheeprl.utils.utils import dotdict
 from torch.distributions import Distribution
+from torch.utils.flop_counter import FlopCounterMode
 
 PRESETS = {"xs": "dreamer_v3_XS", "s": "dreamer_v3_S"}
 # The observation spaces of SheepRL's CartPole-v1 (`sheeprl.utils.env.make_env`): images are channels-first
@@ -201,9 +202,12 @@ def bench(preset: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
 
     batch = synthetic_batch(cfg, obs_space, fabric.device)
     runs = []
-    for step in range(args.warmup + args.repeats):
+    steps = args.warmup + args.repeats + (1 if args.flops else 0)
+    counter = FlopCounterMode(display=False)
+    for step in range(steps):
         times: dict[str, float] = {}
-        with timed_parts(times):
+        counting = args.flops and step == steps - 1  # one extra, untimed update under the FLOP counter
+        with timed_parts(times), counter if counting else nullcontext():
             t0 = time.perf_counter()
             # The gradient step of `main`: the target critic, then `train`
             if step % cfg.algo.critic.per_rank_target_network_update_freq == 0:
@@ -228,10 +232,11 @@ def bench(preset: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
             )
             times["total"] = time.perf_counter() - t0
         times["other"] = times["total"] - times["world_model"] - times["behavior"]
-        if step >= args.warmup:
+        if args.warmup <= step < args.warmup + args.repeats:
             runs.append(times)
 
     result = {f"{k}_ms": 1000 * statistics.median(r[k] for r in runs) for k in ("total", *PARTS)}
+    result["gflop"] = counter.get_total_flops() / 1e9 if args.flops else float("nan")
     result["peak_rss_mib"] = peak_rss_mib()
     modules = (world_model, actor, critic)
     result["params_m"] = sum(p.numel() for m in modules for p in m.parameters()) / 1e6
@@ -262,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="run every configuration in this process (then the peak memory only grows)",
     )
+    parser.add_argument(
+        "--flops", action="store_true", help="count the FLOPs of one more update (torch's FlopCounterMode)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -275,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
             r = bench(preset, obs, args) if args.in_process else run_isolated(preset, obs, args)
             fields = "  ".join(f"{k}={r[k]:.1f}" for k in ("total_ms", *(f"{p}_ms" for p in PARTS)))
             print(
-                f"sheeprl {preset} {obs}  {fields}  peak_rss_mib={r['peak_rss_mib']:.0f}  "
-                f"params_m={r['params_m']:.2f}  threads={r['threads']}  B={r['B']} T={r['T']} H={r['H']}",
+                f"sheeprl {preset} {obs}  {fields}  gflop={r['gflop']:.1f}  "
+                f"peak_rss_mib={r['peak_rss_mib']:.0f}  params_m={r['params_m']:.2f}  "
+                f"threads={r['threads']}  B={r['B']} T={r['T']} H={r['H']}",
                 flush=True,
             )
 
