@@ -4,7 +4,7 @@ v2 (danijar/dreamerv3 `dreamerv3/rssm.py` Encoder): vectors are symlogged and co
 `layers` x (Linear -> norm -> SiLU); images (concatenated on channels) become x/255 - 0.5, then stages of
 conv (kernel k, stride 1) -> 2x2 max-pool -> norm -> SiLU with depth x mults channels, down to `minres`.
 `strided` (the 2023 code, v1) halves with the conv itself instead: conv (kernel k, stride 2) -> norm -> SiLU,
-a quarter of the multiply-adds per stage.
+which computes a quarter of the output positions of a stride-1 conv.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class Encoder(nn.Module):
         channels = sum(obs_space[k].shape[2] for k in self.image_keys)
         stages = conv_stages(h, w, config.minres, self.image_keys)
         layers = nn.ModuleList()
+        stride = 2 if config.strided else 1
         for out in stage_channels(config.depth, config.mults, stages):
-            stride = 2 if config.strided else 1
             conv = Conv2d(channels, out, config.kernel, stride=stride)
             layers.append(nn.ModuleList([conv, Norm(out, self.norm, axis=1)]))
             channels = out
