@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     peak = matmul_peak(device, args.precision) / 1e9
-    mode = f"{args.precision}, compiled heads" if args.compile else args.precision
+    mode = f"{args.precision}, run.compile" if args.compile else args.precision
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {device}, {mode}")
     print(f"measured matmul peak: {peak:.0f} GFLOP/s (1024^3, {args.precision})")
     print(

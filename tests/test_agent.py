@@ -247,13 +247,15 @@ def test_config_errors():
 
 @pytest.mark.slow
 def test_compiled_heads_give_the_updates_of_eager_ones():
-    """run.compile: the same losses and weights as the eager agent over a few updates (float32 rounding)."""
+    """run.compile: the same losses and weights as the eager agent over a few updates (float32 rounding);
+    the batch has vector and image observations, so the compiled encoder and decoder are covered."""
     eager, compiled = make(), make(overrides={"run": {"compile": True}})
     compiled.load_state_dict(eager.state_dict())
     assert (
         compiled.ac.critic.net._compiled_call_impl is not None
         and eager.ac.critic.net._compiled_call_impl is None
     )
+    assert compiled.wm.encoder._compiled_call_impl is not None
     assert compiled.state_dict()["actor_critic"].keys() == eager.state_dict()["actor_critic"].keys()
     for step in range(3):
         torch.manual_seed(step)
@@ -262,5 +264,9 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
         _, got = compiled.train(batch(seed=step))
         for key in ("loss/model", "loss/policy", "loss/value", "loss/total"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
-    for (name, a), b in zip(eager.ac.named_parameters(), compiled.ac.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    for module in ("wm", "ac"):
+        pairs = zip(
+            getattr(eager, module).named_parameters(), getattr(compiled, module).parameters(), strict=True
+        )
+        for (name, a), b in pairs:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{module}.{name}")
