@@ -49,7 +49,7 @@ class Agent:
         act_space: the agent-side action space.
         device: where the modules live and the updates run.
         precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32).
-        compile: torch.compile the heads and the encoder and decoder (`compile_nets`).
+        compile: torch.compile the MLPs that run on all N(H+1) imagined states (`compile_heads`).
     """
 
     def __init__(
@@ -81,16 +81,16 @@ class Agent:
         self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
         self.update_count = 0
         if compile:
-            self.compile_nets()
+            self.compile_heads()
         self.reducer: Any = None  # set by `data_parallel`
         # The return scaler's statistics before the latest forward pass, restored if its update is skipped.
         self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
 
-    def compile_nets(self) -> None:
+    def compile_heads(self) -> None:
         """torch.compile (in place: names and state dicts stay the same) the MLPs that run on every
-        imagined state, where most of an update's time goes, and the encoder and decoder (fusing the
-        norms and activations of the conv stacks). The recurrent step stays eager: compiling it gained
-        nothing on CPU. A module whose compilation fails falls back to eager execution."""
+        imagined state, where most of an update's time goes. The recurrent step stays eager (compiling
+        it gained nothing on CPU), and so do the encoder and decoder (compiled, their backward pass was
+        slower on CPU). A module whose compilation fails falls back to eager execution."""
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
@@ -103,8 +103,6 @@ class Agent:
         )
         for net in heads:
             net.compile(dynamic=True)
-        self.wm.encoder.compile()
-        self.wm.decoder.compile()
 
     # --- acting ----------------------------------------------------------------------------------
     def initial_policy_state(self, num_envs: int) -> PolicyState:

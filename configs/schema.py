@@ -271,8 +271,7 @@ class RunConfig:
     # "float32" or "bfloat16" autocast for the model forward passes.
     precision: str = MISSING
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
-    # continue heads) and the encoder and decoder; where compilation fails they run eagerly. Costs
-    # ~30-60 s of compilation at the start.
+    # continue heads); where compilation fails they run eagerly. Costs ~30 s of compilation at the start.
     compile: bool = MISSING
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
     dist_backend: str = MISSING

@@ -247,15 +247,13 @@ def test_config_errors():
 
 @pytest.mark.slow
 def test_compiled_heads_give_the_updates_of_eager_ones():
-    """run.compile: the same losses and weights as the eager agent over a few updates (float32 rounding);
-    the batch has vector and image observations, so the compiled encoder and decoder are covered."""
+    """run.compile: the same losses and weights as the eager agent over a few updates (float32 rounding)."""
     eager, compiled = make(), make(overrides={"run": {"compile": True}})
     compiled.load_state_dict(eager.state_dict())
     assert (
         compiled.ac.critic.net._compiled_call_impl is not None
         and eager.ac.critic.net._compiled_call_impl is None
     )
-    assert compiled.wm.encoder._compiled_call_impl is not None
     assert compiled.state_dict()["actor_critic"].keys() == eager.state_dict()["actor_critic"].keys()
     for step in range(3):
         torch.manual_seed(step)
