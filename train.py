@@ -50,17 +50,18 @@ def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_siz
     directory = None
     if config.replay.save:
         directory = logdir / "replay" / f"rank{rank}" if world_size > 1 else logdir / "replay"
-    capacity = replay_capacity(config, env.num_envs * world_size)
-    replay_config = dataclasses.replace(config.replay, capacity=capacity // world_size)
+    capacity = replay_capacity(config, env.num_envs, world_size)
+    replay_config = dataclasses.replace(config.replay, capacity=capacity)
     seed = config.seed + rank
     return build_replay(replay_config, spec, num_streams=env.num_envs, directory=directory, seed=seed)
 
 
-def replay_capacity(config: Config, num_envs: int) -> int:
-    """Steps the replay preallocates (over all ranks): `replay.capacity`, but never more than the run can
-    collect (`run.steps` over all envs), so a short image run does not reserve memory it will never fill."""
+def replay_capacity(config: Config, num_envs: int, world_size: int = 1) -> int:
+    """Steps one rank's replay preallocates: its share of `replay.capacity` (the total over all ranks), but
+    never more than the run can collect (`run.steps` per env), so a short image run does not reserve
+    memory it will never fill."""
     floor = max(config.run.steps, config.replay.batch_length, config.replay.chunk_size)
-    return min(config.replay.capacity, floor * num_envs)
+    return min(config.replay.capacity // world_size, floor * num_envs)
 
 
 def make_agent(config: Config, obs_space: dict, act_space: Any) -> Any:
