@@ -6,6 +6,7 @@ arbitrary; the event dims are stated per class.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,32 +27,44 @@ def _sum_last(x: torch.Tensor, dims: int) -> torch.Tensor:
 class OneHotCategorical:
     """Categorical over the last dim with a uniform mixture (`unimix`) and straight-through one-hots.
 
-    logits: [..., K]. `probs = (1 - unimix) * softmax(logits) + unimix / K`; `.logits` are log(probs).
+    logits: [..., K]. `probs = (1 - unimix) * softmax(logits) + unimix / K`; `.logits` are log(probs),
+    computed on first use (sampling does not need them).
     Samples and modes are one-hot [..., K] with gradient `probs - sg(probs)` (straight-through).
     """
 
     def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
         if unimix > 0.0:
             probs = F.softmax(logits, -1)
-            probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
-            self.probs, self.logits = probs, torch.log(probs)
+            self.probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
         else:
             self.logits = F.log_softmax(logits, -1)
             self.probs = self.logits.exp()
         self.classes = logits.shape[-1]
 
+    @functools.cached_property
+    def logits(self) -> torch.Tensor:
+        return torch.log(self.probs)
+
     def _straight_through(self, index: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(index, self.classes).to(self.probs.dtype)
-        # probs - sg(probs) is exactly 0 in value, so the sum is exactly one-hot.
+        """index [..., 1] -> one-hot [..., K]; probs - sg(probs) is exactly 0 in value, so the sum is
+        exactly one-hot."""
+        onehot = torch.zeros_like(self.probs).scatter_(-1, index, 1.0)
         return onehot + (self.probs - self.probs.detach())
 
     def sample(self) -> torch.Tensor:
-        """One-hot sample [..., K] by the Gumbel-max trick, straight-through gradient."""
-        u = torch.rand_like(self.logits).clamp_(torch.finfo(self.logits.dtype).tiny, 1.0)
-        return self._straight_through((self.logits - torch.log(-torch.log(u))).argmax(-1))
+        """One-hot sample [..., K] by inverting the CDF with one uniform per row, straight-through gradient.
+
+        P(index = k) = P(cdf[k-1] <= u < cdf[k]) = probs[k]; u is scaled by the row's total so that float
+        rounding of the sum cannot leave a gap above the last class. One uniform and a cumulative sum per
+        row cost a third of the Gumbel-max trick (K uniforms, two logs and an argmax)."""
+        probs = self.probs.detach()
+        cdf = probs.cumsum(-1)
+        u = torch.rand(*probs.shape[:-1], 1, dtype=probs.dtype, device=probs.device) * cdf[..., -1:]
+        index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.classes - 1)
+        return self._straight_through(index)
 
     def mode(self) -> torch.Tensor:
-        return self._straight_through(self.logits.argmax(-1))
+        return self._straight_through(self.probs.argmax(-1, keepdim=True))
 
     def mean(self) -> torch.Tensor:
         return self.probs

@@ -53,6 +53,20 @@ def test_categorical_sample_frequencies():
     assert torch.all((freq - probs).abs() < 4 * se)
 
 
+def test_categorical_sample_edge_classes_and_per_row_frequencies():
+    # Classes of probability 0 are never drawn, a class of probability 1 always is, first or last.
+    logits = torch.tensor([[-math.inf, -math.inf, 0.0], [0.0, -math.inf, -math.inf], [0.0, -math.inf, 0.0]])
+    samples = OneHotCategorical(logits.expand(5000, 3, 3)).sample()
+    assert torch.equal(samples[:, 0], torch.tensor([0.0, 0.0, 1.0]).expand(5000, 3))
+    assert torch.equal(samples[:, 1], torch.tensor([1.0, 0.0, 0.0]).expand(5000, 3))
+    assert samples[:, 2, 1].sum() == 0
+    # Each row follows its own (unimix) probabilities: 8 rows of 32 classes, as in the latent.
+    dist = OneHotCategorical(torch.randn(8, 32).mul(3).expand(40000, 8, 32), unimix=0.01)
+    freq, probs = dist.sample().mean(0), dist.probs[0]
+    se = (probs * (1 - probs) / 40000).sqrt()
+    assert torch.all((freq - probs).abs() < 5 * se)
+
+
 def test_categorical_kl_matches_monte_carlo():
     torch.manual_seed(0)
     p = OneHotCategorical(torch.randn(6, 5).double(), unimix=0.01)
