@@ -215,16 +215,14 @@ class ActorCritic(nn.Module):
         dynamics = self.grad == "dynamics"
         outs = []
 
-        def policy(state) -> Tensor:
-            feat = world_model.feat(state).detach()
+        def policy(feat: Tensor) -> Tensor:
             with torch.enable_grad():
                 outs.append(self.actor.net(feat))
             return self.actor.dist(outs[-1]).sample()
 
         grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
         with grad_ctx:
-            states, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon)
-            feat = world_model.feat(states)
+            feat, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon)
             reward = world_model.reward_dist(feat).mean().float()
             cont = world_model.cont_dist(feat).mean().float().detach()
         if not dynamics:

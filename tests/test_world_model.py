@@ -186,15 +186,19 @@ def test_imagine_shapes_and_actions():
     start = RSSMState(torch.randn(5, 32), torch.randn(5, 4))
     seen = []
 
-    def policy(state):
-        seen.append(state.deter)
+    def policy(feat):
+        seen.append(feat)
         return F.one_hot(torch.full((5,), len(seen) % 3), 3).float()
 
-    states, actions = wm.rssm.imagine(start, policy, horizon=4)
-    assert states.deter.shape == (5, 5, 32) and states.stoch.shape == (5, 5, 4) and actions.shape == (5, 5, 3)
-    torch.testing.assert_close(states.deter[:, 0], start.deter)
-    assert len(seen) == 5 and not seen[0].requires_grad
-    assert wm.feat(states).shape == (5, 5, wm.feat_size)
+    feat, actions = wm.rssm.imagine(start, policy, horizon=4)
+    assert feat.shape == (5, 5, wm.feat_size) and actions.shape == (5, 5, 3)
+    torch.testing.assert_close(feat[:, 0], wm.feat(start))
+    # The policy saw each state's features, detached; step t + 1 follows the action taken at t.
+    assert len(seen) == 5 and not any(f.requires_grad for f in seen)
+    torch.testing.assert_close(torch.stack(seen, 1), feat)
+    after = wm.rssm.img_step(start, actions[:, 0])
+    torch.testing.assert_close(feat[:, 1, :32], after.deter)
+    assert actions[:, :, 1].tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0]] * 5
 
 
 def test_open_loop_shapes_and_context_is_posterior():

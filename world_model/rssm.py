@@ -272,26 +272,26 @@ class RSSM(nn.Module):
         return ObserveOutput(posts, torch.stack(stats, 1), self.prior(posts.deter), state)
 
     def imagine(
-        self, state: RSSMState, policy: Callable[[RSSMState], torch.Tensor], horizon: int
-    ) -> tuple[RSSMState, torch.Tensor]:
+        self, state: RSSMState, policy: Callable[[torch.Tensor], torch.Tensor], horizon: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Roll the prior forward with actions from `policy`.
 
         Args:
             state: RSSMState [N, ...], the start (index 0 of the output).
-            policy: maps a state [N] (detached, as in the reference) to an action [N, A].
+            policy: maps the features [N, F] of a state (detached, as in the reference) to an action [N, A].
             horizon: H imagined steps.
         Returns:
-            states: RSSMState [N, H + 1, ...]; actions: [N, H + 1, A], the action taken at each state.
+            feat: [N, H + 1, F], the features of the start and of the H imagined states (stacked once:
+            the policy's input is a view of the same step's features); actions: [N, H + 1, A], the action
+            taken at each state.
         """
-        states, actions = [state], []
-        for _ in range(horizon):
-            action = policy(RSSMState(state.deter.detach(), state.stoch.detach()))
-            actions.append(action)
-            state = self.img_step(state, action)
-            states.append(state)
-        actions.append(policy(RSSMState(state.deter.detach(), state.stoch.detach())))
-        stacked = RSSMState(*(torch.stack(xs, 1) for xs in zip(*states, strict=True)))
-        return stacked, torch.stack(actions, 1)
+        feats, actions = [], []
+        for t in range(horizon + 1):
+            feats.append(self.feat(state))
+            actions.append(policy(feats[-1].detach()))
+            if t < horizon:
+                state = self.img_step(state, actions[-1])
+        return torch.stack(feats, 1), torch.stack(actions, 1)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
