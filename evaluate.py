@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from configs.loader import ConfigError, load_config, parse_overrides
@@ -51,6 +50,7 @@ from run.eval_world_model import (
     open_loop_errors,
     open_loop_json,
 )
+from run.host import setup_cpu
 from run.logger import Summary, WandbOutput
 from run.seeding import seed_everything
 from run.video import write_video
@@ -290,8 +290,7 @@ def evaluate(args: argparse.Namespace, overrides: dict) -> dict:
     config = loaded.config
     logdir = Path(args.logdir) if args.logdir else loaded.path.parent.parent
     out = Path(args.out) if args.out else logdir / "eval"
-    if config.run.threads > 0:
-        torch.set_num_threads(config.run.threads)
+    setup_cpu(config.run.threads, config.run.keep_freed_memory)
     seed_everything(config.seed)
     seed = config.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
     env = build_env(config, seed, config.env.eval_num_envs)

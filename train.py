@@ -106,11 +106,11 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     Under torchrun, `world` is this rank (run/distributed.py): its envs, replay shard and random states
     are its own, rank 0's weights are broadcast to all, and only rank 0 logs and checkpoints.
     """
-    import torch
 
     from run.checkpoint import Checkpointer, check_compatible, check_world_size
     from run.checkpoint import load as load_checkpoint
     from run.distributed import World, rank_device
+    from run.host import setup_cpu
     from run.logger import Logger
     from run.loop import Loop, Parts
     from run.schedule import updates_per_step
@@ -123,8 +123,7 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
             config, run=dataclasses.replace(config.run, device=rank_device(config.run.device, world))
         )
     logdir = prepare_logdir(config.logdir)
-    if config.run.threads > 0:
-        torch.set_num_threads(config.run.threads)
+    setup_cpu(config.run.threads, config.run.keep_freed_memory)
     config_yaml = to_yaml(config)
     checkpointer = Checkpointer(logdir / "checkpoints", config.run.keep_checkpoints)
     resume = checkpointer.load_latest()

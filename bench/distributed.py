@@ -32,6 +32,7 @@ from agent import make_agent  # noqa: E402
 from bench.update import ACT_SPACE, OBS_SPACES, sync, synthetic_batch  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from run.distributed import init_world, rank_device  # noqa: E402
+from run.host import setup_cpu  # noqa: E402
 
 
 def free_port() -> int:
@@ -45,8 +46,7 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
         LOCAL_RANK=str(rank),
     )  # fmt: skip
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_cpu(args.threads, keep_memory=True)  # as train.py with run.keep_freed_memory
     world = init_world("auto", args.device)
     torch.manual_seed(rank)
     config = load_config(args.preset.split(","), {"run": {"device": rank_device(args.device, world)}})

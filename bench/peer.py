@@ -6,6 +6,10 @@ process with the same thread count, B=16, T=64, H=15, 2 discrete actions. Interl
 round by round exposes both to the same background load. The table gives each side's median over the
 rounds of its per-run median ms per update, and the ratio peer / ours (above 1: we are faster).
 
+Ours runs as train.py does, with `run.keep_freed_memory` (run/host.py). `--peer-keep-freed-memory`
+gives SheepRL's processes the same glibc thresholds (through glibc's MALLOC_*_ environment variables),
+to separate that setting from the rest of the difference.
+
     python3 -m venv /work/sheeprl-venv
     /work/sheeprl-venv/bin/pip install torch==2.13.0 sheeprl==0.8.4
     .venv/bin/python bench/peer.py --peer-python /work/sheeprl-venv/bin/python \
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -23,6 +28,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from run.host import MMAP_THRESHOLD, TRIM_THRESHOLD  # noqa: E402
+
+# What `run.host.keep_freed_memory` sets, as glibc reads it from the environment at process start.
+KEEP_FREED_MEMORY_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
 PEER_LINE = re.compile(
     r"^sheeprl (\w+) (\w+)\s+total_ms=([\d.]+)\s+world_model_ms=([\d.]+)\s+behavior_ms=([\d.]+)"
     r".*gflop=([\d.]+)"
@@ -47,7 +61,8 @@ def peer(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
         "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
         "--flops",
     ]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    env = {**os.environ, **(KEEP_FREED_MEMORY_ENV if args.peer_keep_freed_memory else {})}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
     match = next(m for m in map(PEER_LINE.match, out.splitlines()) if m)
     total, world_model, behavior, gflop = (float(match.group(i)) for i in (3, 4, 5, 6))
     return {"total": total, "world_model": world_model, "behavior": behavior, "gflop": gflop}
@@ -62,6 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--peer-keep-freed-memory",
+        action="store_true",
+        help="SheepRL with the glibc thresholds of our run.keep_freed_memory",
+    )
     args = parser.parse_args(argv)
     runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for round_ in range(args.rounds):
@@ -73,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
                     print(
                         f"round {round_ + 1} {size:<2} {obs:<6} {side:<7} {r['total']:>8.0f} ms", flush=True
                     )
-    print(f"\nmedian ms per full update over {args.rounds} interleaved rounds, {args.threads} thread(s)")
+    peer_malloc = "ours" if args.peer_keep_freed_memory else "default"
+    print(
+        f"\nmedian ms per full update over {args.rounds} interleaved rounds, {args.threads} thread(s); "
+        f"SheepRL's malloc thresholds: {peer_malloc}"
+    )
     print("ours split: world-model forward / the rest (behaviour forward, one backward, optimizer step);")
     print("sheeprl split: world-model learning / behaviour learning (each forward, backward and step)")
     print("GFLOP per update (matmuls and convolutions, torch's FlopCounterMode) and GFLOP/s on each side")

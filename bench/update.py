@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent import make_agent, resolve_device  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
+from run.host import setup_cpu  # noqa: E402
 
 PARTS = ("world_model", "behavior", "backward", "optimizer")
 OBS_SPACES = {
@@ -154,12 +155,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="run.compile (use --warmup 2 or more)")
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    parser.add_argument(
+        "--default-malloc",
+        dest="keep_memory",
+        action="store_false",
+        help="leave glibc's mmap/trim thresholds as they are (run.keep_freed_memory false)",
+    )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_cpu(args.threads, args.keep_memory)
     device = resolve_device(args.device)
     peak = matmul_peak(device, args.precision) / 1e9
     mode = f"{args.precision}, run.compile" if args.compile else args.precision
+    mode += "" if args.keep_memory else ", default malloc"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {device}, {mode}")
     print(f"measured matmul peak: {peak:.0f} GFLOP/s (1024^3, {args.precision})")
     print(

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
+from run.host import setup_cpu  # noqa: E402
 from world_model.world_model import WorldModel  # noqa: E402
 
 OBS = {
@@ -79,8 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_cpu(args.threads, keep_memory=True)  # as train.py with run.keep_freed_memory
     torch.manual_seed(0)
     print(
         f"world-model update, B={args.batch} T={args.length}, threads={torch.get_num_threads()}, "

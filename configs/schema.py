@@ -268,6 +268,9 @@ class RunConfig:
     device: str = MISSING
     # torch threads on CPU (0: leave torch's choice).
     threads: int = MISSING
+    # Keep large freed CPU blocks mapped for reuse instead of unmapping them (glibc): every big
+    # temporary of an update is otherwise page-faulted in anew. The process keeps its peak heap.
+    keep_freed_memory: bool = MISSING
     # "float32" or "bfloat16" autocast for the model forward passes.
     precision: str = MISSING
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
