@@ -30,7 +30,7 @@ from agent.returns import ReturnScaler, lambda_return
 from configs.schema import ActorCriticConfig
 from envs.spaces import ActionSpace
 from nets.distributions import LOG_2PI, BoundedNormal, OneHotCategorical, TwoHot
-from nets.layers import MLP
+from nets.layers import MLP, OneHotFeatures
 
 GRADS = ("reinforce", "dynamics")
 
@@ -132,7 +132,7 @@ class Critic(nn.Module):
 class Imagination(NamedTuple):
     """An imagined rollout of N starts over H + 1 steps (index 0 is the start state)."""
 
-    feat: Tensor  # [N, H+1, F] model features
+    feat: Tensor | OneHotFeatures  # [N, H+1, F] model features
     action: Tensor  # [N, H+1, A] the action the actor took at each state
     reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
     cont: Tensor  # [N, H+1] continue-head probability
@@ -215,14 +215,17 @@ class ActorCritic(nn.Module):
         dynamics = self.grad == "dynamics"
         outs = []
 
-        def policy(feat: Tensor) -> Tensor:
+        def policy(feat: Tensor | OneHotFeatures) -> Tensor:
             with torch.enable_grad():
                 outs.append(self.actor.net(feat))
             return self.actor.dist(outs[-1]).sample()
 
+        # Without gradient through the rollout, categorical features stay one-hot indices: every head's
+        # first layer then gathers S weight columns instead of multiplying by S*K mostly zero inputs.
+        one_hot = not dynamics and world_model.rssm.latent == "categorical"
         grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
         with grad_ctx:
-            feat, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon)
+            feat, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon, one_hot)
             reward = world_model.reward_dist(feat).mean().float()
             cont = world_model.cont_dist(feat).mean().float().detach()
         if not dynamics:

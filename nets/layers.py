@@ -7,6 +7,7 @@ normal truncated at two standard deviations, scaled so their std is `outscale / 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,32 @@ def trunc_normal_fan_in_(weight: torch.Tensor, fan_in: int, outscale: float = 1.
         nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
 
 
+class OneHotFeatures(NamedTuple):
+    """Features [..., D + S*K] whose first D entries are `dense` [..., D] and whose last S*K are S exact
+    one-hots of K = `classes`, held as the hot class of each group, `index` [..., S] (int64).
+
+    Equal in value to `to_dense()`. `Linear` reads them by summing the S weight columns of the hot
+    classes (a gather) instead of multiplying by S*K mostly zero inputs. No gradient reaches the one-hot
+    part: they stand for features that are inputs only (the imagined states of REINFORCE).
+    """
+
+    dense: torch.Tensor
+    index: torch.Tensor
+    classes: int
+
+    def detach(self) -> OneHotFeatures:
+        return self._replace(dense=self.dense.detach())
+
+    def to_dense(self) -> torch.Tensor:
+        onehot = F.one_hot(self.index, self.classes).to(self.dense.dtype).flatten(-2)
+        return torch.cat([self.dense, onehot], -1)
+
+
 class Linear(nn.Linear):
-    """nn.Linear with truncated-normal fan-in init scaled by `outscale` (0: zero weights and bias)."""
+    """nn.Linear with truncated-normal fan-in init scaled by `outscale` (0: zero weights and bias).
+
+    Also takes `OneHotFeatures`, with the same result as their dense form up to float rounding.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, outscale: float = 1.0):
         self.outscale = outscale
@@ -42,6 +67,25 @@ class Linear(nn.Linear):
         trunc_normal_fan_in_(self.weight, self.in_features, self.outscale)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor | OneHotFeatures) -> torch.Tensor:
+        if isinstance(x, OneHotFeatures):
+            return self._one_hot_forward(x)
+        return super().forward(x)
+
+    def _one_hot_forward(self, x: OneHotFeatures) -> torch.Tensor:
+        dense, groups = x.dense.shape[-1], x.index.shape[-1]
+        if dense + groups * x.classes != self.in_features:
+            raise ValueError(
+                f"Linear({self.in_features}, ...) got one-hot features of {dense} + {groups} x "
+                f"{x.classes} = {dense + groups * x.classes} entries"
+            )
+        out = F.linear(x.dense, self.weight[:, :dense], self.bias)
+        # Row g * K + index_g of the one-hot block's weight, summed over the S groups of each feature.
+        rows = x.index + x.classes * torch.arange(groups, device=x.index.device)
+        table = self.weight[:, dense:].t().contiguous()
+        picked = F.embedding_bag(rows.reshape(-1, groups), table, mode="sum")
+        return out + picked.view(out.shape).to(out.dtype)
 
 
 class Conv2d(nn.Conv2d):

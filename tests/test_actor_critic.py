@@ -31,6 +31,8 @@ class ToyRSSM(nn.Module):
     model parameter, so gradients into the world model would be visible.
     """
 
+    latent = "gaussian"  # dense features: imagination never asks for one-hot ones
+
     def __init__(self, discrete):
         super().__init__()
         self.discrete = discrete
@@ -45,7 +47,8 @@ class ToyRSSM(nn.Module):
             rew = 1 - (self.gain * action[:, 0] - target) ** 2
         return torch.cat([ctx, rew[:, None]], -1)
 
-    def imagine(self, state, policy, horizon):
+    def imagine(self, state, policy, horizon, one_hot=False):
+        assert not one_hot
         states, actions = [state], []
         for _ in range(horizon):
             actions.append(policy(state.detach()))

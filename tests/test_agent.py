@@ -9,6 +9,8 @@ import torch
 from agent import make_agent, resolve_device
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
+from nets.layers import OneHotFeatures
+from world_model.rssm import RSSMState
 
 B, T = 3, 6
 OBS = {"vector": ArraySpec((4,), np.float32), "image": ArraySpec((16, 16, 3), np.uint8)}
@@ -268,3 +270,40 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
         )
         for (name, a), b in pairs:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{module}.{name}")
+
+
+@pytest.mark.parametrize("act_space", [DISCRETE, CONTINUOUS])
+def test_imagined_features_one_hot_where_no_gradient_reaches_them(act_space):
+    """REINFORCE imagines categorical features as one-hot indices, which every head's first layer reads
+    with a gather; the losses and gradients are those of the dense features. Backpropagating through the
+    dynamics keeps dense features, since the gradient reaches the latents."""
+    overrides = {"actor_critic": {"grad": "dynamics"}} if act_space is CONTINUOUS else {}
+    agent = make(overrides=overrides, act_space=act_space)
+    wm_out = agent.model_loss(agent.to_device(batch(act_space)), None)
+    start = RSSMState(*(x.detach().flatten(0, 1) for x in wm_out.posts))
+    traj = agent.ac.imagine(agent.wm, start)
+    if act_space is CONTINUOUS:
+        assert isinstance(traj.feat, torch.Tensor) and traj.feat.requires_grad
+        return
+    assert isinstance(traj.feat, OneHotFeatures)
+    dense = traj.feat.to_dense()
+    torch.testing.assert_close(dense[:, 0], agent.wm.feat(start))
+
+    def losses_and_grads(t):
+        agent.ac.zero_grad(set_to_none=True)
+        out = agent.ac.imag_loss(t, update=False)
+        sum(v.mean() for v in out.losses.values()).backward(retain_graph=True)
+        grads = {n: p.grad.clone() for n, p in agent.ac.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in out.losses.items()}, grads
+
+    one_hot, one_hot_grads = losses_and_grads(traj)
+    # The dense features, with the actor run again on them and the heads' predictions recomputed.
+    reward = agent.wm.reward_dist(dense).mean().float()
+    cont = agent.wm.cont_dist(dense).mean().float()
+    torch.testing.assert_close(reward, traj.reward)
+    torch.testing.assert_close(cont, traj.cont)
+    again, again_grads = losses_and_grads(traj._replace(feat=dense, policy=None))
+    torch.testing.assert_close(one_hot, again)
+    assert one_hot_grads.keys() == again_grads.keys() and len(one_hot_grads) > 0
+    for name in one_hot_grads:
+        torch.testing.assert_close(one_hot_grads[name], again_grads[name], rtol=1e-4, atol=1e-6)

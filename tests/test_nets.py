@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nets.functional import symexp, symlog
-from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm
+from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm, OneHotFeatures
 
 
 def test_symlog_golden_and_round_trip():
@@ -119,3 +119,35 @@ def test_strided_conv_halves_and_transposed_conv_doubles(kernel):
     fan_in = 3 * kernel * kernel
     assert up.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.25)
     assert torch.all(ConvTranspose2d(3, 4, kernel, outscale=0.0).weight == 0)
+
+
+def test_linear_on_one_hot_features_equals_the_dense_product():
+    """A Linear reads OneHotFeatures with a gather of weight columns: the same outputs and weight, bias and
+    dense-part gradients as the matmul over their dense form (float64), leading dims kept."""
+    torch.manual_seed(0)
+    D, S, K, OUT = 5, 3, 4, 7
+    layer = Linear(D + S * K, OUT).double()
+    dense = torch.randn(2, 6, D, dtype=torch.float64, requires_grad=True)
+    feat = OneHotFeatures(dense, torch.randint(0, K, (2, 6, S)), K)
+    expanded = feat.to_dense()
+    assert expanded.shape == (2, 6, D + S * K)
+    assert torch.equal(expanded[..., :D], dense) and torch.all(
+        expanded[..., D:].reshape(2, 6, S, K).sum(-1) == 1
+    )
+    grad_out = torch.randn(2, 6, OUT, dtype=torch.float64)
+
+    def result(x):
+        layer.zero_grad(set_to_none=True)
+        dense.grad = None
+        out = layer(x)
+        out.backward(grad_out)
+        return out.detach(), layer.weight.grad, layer.bias.grad, dense.grad
+
+    for got, want in zip(result(feat), result(expanded), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # The columns of classes that are never hot get no gradient.
+    cold = torch.ones(S * K, dtype=torch.bool)
+    cold[(feat.index + K * torch.arange(S)).flatten()] = False
+    assert torch.all(layer.weight.grad[:, D:][:, cold] == 0)
+    with pytest.raises(ValueError, match=r"Linear\(17, ...\) got one-hot features of 5 \+ 3 x 5 = 20"):
+        layer(OneHotFeatures(dense, feat.index, 5))

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from nets.distributions import DiagNormal, OneHotCategorical
-from nets.layers import MLP, BlockLinear, Linear, Norm, trunc_normal_fan_in_
+from nets.layers import MLP, BlockLinear, Linear, Norm, OneHotFeatures, trunc_normal_fan_in_
 
 LATENTS = ("categorical", "gaussian")
 GRUS = ("block", "plain")
@@ -271,26 +271,41 @@ class RSSM(nn.Module):
         # The prior is not needed inside the loop: compute it for all B x T steps at once.
         return ObserveOutput(posts, torch.stack(stats, 1), self.prior(posts.deter), state)
 
+    def one_hot_feat(self, state: RSSMState) -> OneHotFeatures:
+        """`feat(state)` as OneHotFeatures, for categorical stoch that is exactly one-hot (samples and
+        modes are) and that no gradient needs to reach."""
+        if self.latent != "categorical":
+            raise ValueError("one-hot features need world_model.latent 'categorical'")
+        return OneHotFeatures(state.deter, state.stoch.argmax(-1), self.classes)
+
     def imagine(
-        self, state: RSSMState, policy: Callable[[torch.Tensor], torch.Tensor], horizon: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        state: RSSMState,
+        policy: Callable[[torch.Tensor | OneHotFeatures], torch.Tensor],
+        horizon: int,
+        one_hot: bool = False,
+    ) -> tuple[torch.Tensor | OneHotFeatures, torch.Tensor]:
         """Roll the prior forward with actions from `policy`.
 
         Args:
             state: RSSMState [N, ...], the start (index 0 of the output).
             policy: maps the features [N, F] of a state (detached, as in the reference) to an action [N, A].
             horizon: H imagined steps.
+            one_hot: features as OneHotFeatures (categorical latents; no gradient reaches their stoch).
         Returns:
             feat: [N, H + 1, F], the features of the start and of the H imagined states (stacked once:
-            the policy's input is a view of the same step's features); actions: [N, H + 1, A], the action
-            taken at each state.
+            the policy's input is the same step's features); actions: [N, H + 1, A], the action taken at
+            each state.
         """
         feats, actions = [], []
         for t in range(horizon + 1):
-            feats.append(self.feat(state))
+            feats.append(self.one_hot_feat(state) if one_hot else self.feat(state))
             actions.append(policy(feats[-1].detach()))
             if t < horizon:
                 state = self.img_step(state, actions[-1])
+        if one_hot:
+            deter, index = (torch.stack(xs, 1) for xs in zip(*(f[:2] for f in feats), strict=True))
+            return OneHotFeatures(deter, index, self.classes), torch.stack(actions, 1)
         return torch.stack(feats, 1), torch.stack(actions, 1)
 
 
