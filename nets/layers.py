@@ -34,7 +34,8 @@ def trunc_normal_fan_in_(weight: torch.Tensor, fan_in: int, outscale: float = 1.
 
 class OneHotFeatures(NamedTuple):
     """Features [..., D + S*K] whose first D entries are `dense` [..., D] and whose last S*K are S exact
-    one-hots of K = `classes`, held as the hot class of each group, `index` [..., S] (int64).
+    one-hots of K = `classes`, held as the hot class of each group, `index` [..., S] (int64); with
+    `one_hot_first`, the S*K one-hot entries come first.
 
     Equal in value to `to_dense()`. `Linear` reads them by summing the S weight columns of the hot
     classes (a gather) instead of multiplying by S*K mostly zero inputs. No gradient reaches the one-hot
@@ -44,13 +45,14 @@ class OneHotFeatures(NamedTuple):
     dense: torch.Tensor
     index: torch.Tensor
     classes: int
+    one_hot_first: bool = False
 
     def detach(self) -> OneHotFeatures:
         return self._replace(dense=self.dense.detach())
 
     def to_dense(self) -> torch.Tensor:
         onehot = F.one_hot(self.index, self.classes).to(self.dense.dtype).flatten(-2)
-        return torch.cat([self.dense, onehot], -1)
+        return torch.cat([onehot, self.dense] if self.one_hot_first else [self.dense, onehot], -1)
 
 
 class Linear(nn.Linear):
@@ -80,10 +82,14 @@ class Linear(nn.Linear):
                 f"Linear({self.in_features}, ...) got one-hot features of {dense} + {groups} x "
                 f"{x.classes} = {dense + groups * x.classes} entries"
             )
-        out = F.linear(x.dense, self.weight[:, :dense], self.bias)
+        split = groups * x.classes if x.one_hot_first else dense
+        w_dense, w_one_hot = self.weight[:, :split], self.weight[:, split:]
+        if x.one_hot_first:
+            w_dense, w_one_hot = w_one_hot, w_dense
+        out = F.linear(x.dense, w_dense, self.bias)
         # Row g * K + index_g of the one-hot block's weight, summed over the S groups of each feature.
         rows = x.index + x.classes * torch.arange(groups, device=x.index.device)
-        table = self.weight[:, dense:].t().contiguous()
+        table = w_one_hot.t().contiguous()
         picked = F.embedding_bag(rows.reshape(-1, groups), table, mode="sum")
         return out + picked.view(out.shape).to(out.dtype)
 

@@ -121,19 +121,21 @@ def test_strided_conv_halves_and_transposed_conv_doubles(kernel):
     assert torch.all(ConvTranspose2d(3, 4, kernel, outscale=0.0).weight == 0)
 
 
-def test_linear_on_one_hot_features_equals_the_dense_product():
+@pytest.mark.parametrize("one_hot_first", [False, True])
+def test_linear_on_one_hot_features_equals_the_dense_product(one_hot_first):
     """A Linear reads OneHotFeatures with a gather of weight columns: the same outputs and weight, bias and
     dense-part gradients as the matmul over their dense form (float64), leading dims kept."""
     torch.manual_seed(0)
     D, S, K, OUT = 5, 3, 4, 7
     layer = Linear(D + S * K, OUT).double()
     dense = torch.randn(2, 6, D, dtype=torch.float64, requires_grad=True)
-    feat = OneHotFeatures(dense, torch.randint(0, K, (2, 6, S)), K)
+    feat = OneHotFeatures(dense, torch.randint(0, K, (2, 6, S)), K, one_hot_first)
     expanded = feat.to_dense()
     assert expanded.shape == (2, 6, D + S * K)
-    assert torch.equal(expanded[..., :D], dense) and torch.all(
-        expanded[..., D:].reshape(2, 6, S, K).sum(-1) == 1
-    )
+    dense_cols, hot_cols = (slice(S * K, None), slice(S * K)) if one_hot_first else (slice(D), slice(D, None))
+    assert torch.equal(expanded[..., dense_cols], dense)
+    assert torch.equal(expanded[..., hot_cols].reshape(2, 6, S, K).argmax(-1), feat.index)
+    assert torch.all(expanded[..., hot_cols].sum(-1) == S)
     grad_out = torch.randn(2, 6, OUT, dtype=torch.float64)
 
     def result(x):
@@ -148,6 +150,6 @@ def test_linear_on_one_hot_features_equals_the_dense_product():
     # The columns of classes that are never hot get no gradient.
     cold = torch.ones(S * K, dtype=torch.bool)
     cold[(feat.index + K * torch.arange(S)).flatten()] = False
-    assert torch.all(layer.weight.grad[:, D:][:, cold] == 0)
+    assert torch.all(layer.weight.grad[:, hot_cols][:, cold] == 0)
     with pytest.raises(ValueError, match=r"Linear\(17, ...\) got one-hot features of 5 \+ 3 x 5 = 20"):
         layer(OneHotFeatures(dense, feat.index, 5))

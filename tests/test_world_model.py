@@ -201,6 +201,26 @@ def test_imagine_shapes_and_actions():
     assert actions[:, :, 1].tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0]] * 5
 
 
+@pytest.mark.parametrize("dyn_inputs", ["separate", "joint"])
+def test_img_step_reads_one_hot_stoch_as_the_dense_one(dyn_inputs):
+    """Given the hot classes of z, the input layer gathers their weight columns: the next deter equals the
+    dense step's; the action still gets its gradient, z (given as indices) none."""
+    wm = make("vector", dyn_inputs=dyn_inputs).double()
+    rssm = wm.rssm
+    torch.manual_seed(1)
+    index = torch.randint(0, rssm.classes, (5, rssm.stoch))
+    state = RSSMState(
+        torch.randn(5, rssm.deter, dtype=torch.float64), F.one_hot(index, rssm.classes).double()
+    )
+    action = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    dense = rssm._dynamics(state, action)
+    (dense_grad,) = torch.autograd.grad(dense.sum(), action)
+    gathered = rssm._dynamics(state, action, stoch_index=index)
+    (gathered_grad,) = torch.autograd.grad(gathered.sum(), action)
+    torch.testing.assert_close(gathered, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gathered_grad, dense_grad, rtol=1e-12, atol=1e-12)
+
+
 def test_open_loop_shapes_and_context_is_posterior():
     wm, data = make("both"), batch("both")
     pred = wm.open_loop(data, context=3)

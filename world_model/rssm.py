@@ -217,25 +217,41 @@ class RSSM(nn.Module):
         stoch = state.stoch * _expand(keep, state.stoch) + init.stoch * _expand(first, state.stoch)
         return RSSMState(deter, stoch), action
 
-    def _dynamics(self, state: RSSMState, action: torch.Tensor) -> torch.Tensor:
-        """h_t from (h, z, a) of the previous step: [N, D]."""
-        stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
+    def _dynamics(
+        self, state: RSSMState, action: torch.Tensor, stoch_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """h_t from (h, z, a) of the previous step: [N, D]. `stoch_index` [N, S]: the hot classes of the
+        one-hot z, read by the input layer as OneHotFeatures (no gradient reaches z then)."""
         # Actions are scaled into [-1, 1] without a gradient through the scale (reference `_core`).
         action = action / torch.clamp(action.abs(), min=1.0).detach()
         if self.joint_inputs:
-            x = self.in_joint(torch.cat([stoch, action], -1))
+            x = self.in_joint(self._stoch_then(state, stoch_index, action))
         else:
+            stoch = self._stoch_then(state, stoch_index, action[..., :0])
             x = torch.cat([self.in_deter(state.deter), self.in_stoch(stoch), self.in_action(action)], -1)
         return self.core(state.deter, x)
 
+    def _stoch_then(self, state: RSSMState, stoch_index: torch.Tensor | None, rest: torch.Tensor):
+        """[z, rest] as a layer's input: dense, or OneHotFeatures where the hot classes of z are given."""
+        if stoch_index is not None:
+            return OneHotFeatures(rest, stoch_index, self.classes, one_hot_first=True)
+        stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
+        return torch.cat([stoch, rest], -1) if rest.shape[-1] else stoch
+
     # --- steps -----------------------------------------------------------------------------------
     def img_step(
-        self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor | None = None
+        self,
+        state: RSSMState,
+        action: torch.Tensor,
+        is_first: torch.Tensor | None = None,
+        stoch_index: torch.Tensor | None = None,
     ) -> RSSMState:
-        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior)."""
+        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior).
+        `stoch_index`: see `_dynamics` (not with `is_first`, which may replace the state)."""
         if is_first is not None:
+            assert stoch_index is None, "stoch_index describes the state before a reset"
             state, action = self._reset(state, action, is_first)
-        deter = self._dynamics(state, action)
+        deter = self._dynamics(state, action, stoch_index)
         return RSSMState(deter, self.dist(self.prior(deter)).sample())
 
     def obs_step(
@@ -302,7 +318,7 @@ class RSSM(nn.Module):
             feats.append(self.one_hot_feat(state) if one_hot else self.feat(state))
             actions.append(policy(feats[-1].detach()))
             if t < horizon:
-                state = self.img_step(state, actions[-1])
+                state = self.img_step(state, actions[-1], stoch_index=feats[-1].index if one_hot else None)
         if one_hot:
             deter, index = (torch.stack(xs, 1) for xs in zip(*(f[:2] for f in feats), strict=True))
             return OneHotFeatures(deter, index, self.classes), torch.stack(actions, 1)
