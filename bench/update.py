@@ -98,7 +98,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def update_flops(agent, data, state) -> float:
     """FLOPs of one update's matmuls and convolutions, forward and backward (torch's FLOP counter, the
-    convention of model-FLOP utilization: elementwise work is not counted). Runs one extra update."""
+    convention of model-FLOP utilization: elementwise work is not counted, nor the gathers that replace
+    matmuls over one-hot inputs, so imagination counts only its dense part). Runs one extra update."""
     with FlopCounterMode(display=False) as counter:
         timed_update(agent, data, state)
     return float(counter.get_total_flops())
