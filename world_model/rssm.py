@@ -320,7 +320,7 @@ class RSSM(nn.Module):
             if t < horizon:
                 state = self.img_step(state, actions[-1], stoch_index=feats[-1].index if one_hot else None)
         if one_hot:
-            deter, index = (torch.stack(xs, 1) for xs in zip(*(f[:2] for f in feats), strict=True))
+            deter, index = torch.stack([f.dense for f in feats], 1), torch.stack([f.index for f in feats], 1)
             return OneHotFeatures(deter, index, self.classes), torch.stack(actions, 1)
         return torch.stack(feats, 1), torch.stack(actions, 1)
 
