@@ -82,10 +82,11 @@ class Linear(nn.Linear):
                 f"Linear({self.in_features}, ...) got one-hot features of {dense} + {groups} x "
                 f"{x.classes} = {dense + groups * x.classes} entries"
             )
-        split = groups * x.classes if x.one_hot_first else dense
-        w_dense, w_one_hot = self.weight[:, :split], self.weight[:, split:]
+        hot = groups * x.classes
         if x.one_hot_first:
-            w_dense, w_one_hot = w_one_hot, w_dense
+            w_one_hot, w_dense = self.weight[:, :hot], self.weight[:, hot:]
+        else:
+            w_dense, w_one_hot = self.weight[:, :dense], self.weight[:, dense:]
         out = F.linear(x.dense, w_dense, self.bias)
         # Row g * K + index_g of the one-hot block's weight, summed over the S groups of each feature.
         rows = x.index + x.classes * torch.arange(groups, device=x.index.device)
