@@ -24,6 +24,7 @@ torch.distributed and a run is exactly a single-process run.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,11 @@ def init_world(backend: str = "auto", device: str = "auto") -> World:
         raise DistributedError("run.dist_backend 'nccl' needs CUDA; set run.device to cuda or use 'gloo'")
     if cuda:
         torch.cuda.set_device(local_rank)
+    # torch.distributed.nn binds the default group as a default argument when it is first imported, and
+    # torch imports it lazily (building an optimizer imports torch._dynamo, which imports it). Imported
+    # after the group exists, it would keep the group alive past `close`, to be torn down during
+    # interpreter shutdown, where gloo's threads abort the process at random. Import it first.
+    importlib.import_module("torch.distributed.nn")
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return World(rank, size, local_rank, backend)
