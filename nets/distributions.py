@@ -27,44 +27,65 @@ def _sum_last(x: torch.Tensor, dims: int) -> torch.Tensor:
 class OneHotCategorical:
     """Categorical over the last dim with a uniform mixture (`unimix`) and straight-through one-hots.
 
-    logits: [..., K]. `probs = (1 - unimix) * softmax(logits) + unimix / K`; `.logits` are log(probs),
-    computed on first use (sampling does not need them).
+    logits: [..., K]. `probs = (1 - unimix) * softmax(logits) + unimix / K`; `.probs` and `.logits`
+    (log(probs)) are computed on first use: sampling an index needs neither.
     Samples and modes are one-hot [..., K] with gradient `probs - sg(probs)` (straight-through).
     """
 
     def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
-        if unimix > 0.0:
-            probs = F.softmax(logits, -1)
-            self.probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
-        else:
-            self.logits = F.log_softmax(logits, -1)
-            self.probs = self.logits.exp()
-        self.classes = logits.shape[-1]
+        self.raw, self.unimix, self.classes = logits, unimix, logits.shape[-1]
+
+    @functools.cached_property
+    def probs(self) -> torch.Tensor:
+        if self.unimix > 0.0:
+            return (1.0 - self.unimix) * F.softmax(self.raw, -1) + self.unimix / self.classes
+        return self.logits.exp()
 
     @functools.cached_property
     def logits(self) -> torch.Tensor:
-        return torch.log(self.probs)
+        if self.unimix > 0.0:
+            return torch.log(self.probs)
+        return F.log_softmax(self.raw, -1)
 
     def _straight_through(self, index: torch.Tensor) -> torch.Tensor:
-        """index [..., 1] -> one-hot [..., K]; probs - sg(probs) is exactly 0 in value, so the sum is
+        """index [...] -> one-hot [..., K]; probs - sg(probs) is exactly 0 in value, so the sum is
         exactly one-hot."""
-        onehot = torch.zeros_like(self.probs).scatter_(-1, index, 1.0)
+        onehot = torch.zeros_like(self.probs).scatter_(-1, index.unsqueeze(-1), 1.0)
         return onehot + (self.probs - self.probs.detach())
 
-    def sample(self) -> torch.Tensor:
-        """One-hot sample [..., K] by inverting the CDF with one uniform per row, straight-through gradient.
+    @torch.no_grad()
+    def sample_index(self) -> torch.Tensor:
+        """The class of a sample [...] (int64), drawn with one uniform u per row, without forming `probs`.
 
-        P(index = k) = P(cdf[k-1] <= u < cdf[k]) = probs[k]; u is scaled by the row's total so that float
-        rounding of the sum cannot leave a gap above the last class. One uniform and a cumulative sum per
-        row cost a third of the Gumbel-max trick (K uniforms, two logs and an argmax)."""
+        The mixture is sampled as a mixture: u < unimix picks the uniform part, and u / unimix its class;
+        otherwise (u - unimix) / (1 - unimix), again uniform, inverts the CDF of softmax(logits), scaled
+        by its own last entry so that float rounding cannot leave a gap above the last class. So
+        P(k) = unimix / K + (1 - unimix) softmax_k, the law of `probs`, which is never formed; one
+        uniform per row costs a fraction of the K of the Gumbel-max trick.
+        """
+        logits = self.raw.detach().float()  # a bfloat16 CDF or uniform would coarsen the law
+        u = torch.rand(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+        cdf = F.softmax(logits, -1).cumsum_(-1)
+        v = u if self.unimix == 0.0 else ((u - self.unimix) / (1.0 - self.unimix)).clamp_(min=0.0)
+        index = torch.searchsorted(cdf, (v * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+        index = index.clamp_(max=self.classes - 1)
+        if self.unimix > 0.0:
+            uniform = (u * (self.classes / self.unimix)).long().clamp_(max=self.classes - 1)
+            index = torch.where(u < self.unimix, uniform, index)
+        return index
+
+    def sample(self) -> torch.Tensor:
+        """One-hot sample [..., K] with the straight-through gradient, which needs `probs`: with them at
+        hand, their own CDF is inverted (one uniform per row; fewer operations than `sample_index`, which
+        matters on the small batches of a posterior rollout)."""
         probs = self.probs.detach()
         cdf = probs.cumsum(-1)
         u = torch.rand(*probs.shape[:-1], 1, dtype=probs.dtype, device=probs.device) * cdf[..., -1:]
         index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.classes - 1)
-        return self._straight_through(index)
+        return self._straight_through(index.squeeze(-1))
 
     def mode(self) -> torch.Tensor:
-        return self._straight_through(self.probs.argmax(-1, keepdim=True))
+        return self._straight_through(self.probs.argmax(-1))
 
     def mean(self) -> torch.Tensor:
         return self.probs

@@ -67,6 +67,20 @@ def test_categorical_sample_edge_classes_and_per_row_frequencies():
     assert torch.all((freq - probs).abs() < 5 * se)
 
 
+@pytest.mark.parametrize("unimix", [0.0, 0.01, 0.3])
+def test_categorical_sample_index_follows_the_mixture(unimix):
+    # A row with one class of probability 1 (before mixing) and rows of spread logits; 8 classes.
+    n = 40000
+    logits = torch.cat([torch.tensor([[0.0] + [-math.inf] * 7]), torch.randn(3, 8) * 3]).expand(n, 4, 8)
+    dist = OneHotCategorical(logits, unimix)
+    torch.manual_seed(1)
+    index = dist.sample_index()
+    assert index.dtype == torch.int64 and index.shape == (n, 4)
+    freq, probs = torch.nn.functional.one_hot(index, 8).double().mean(0), dist.probs[0].double()
+    se = (probs * (1 - probs) / n).sqrt()
+    assert torch.all((freq - probs).abs() <= 5 * se)  # classes of probability 0 are never drawn
+
+
 def test_categorical_kl_matches_monte_carlo():
     torch.manual_seed(0)
     p = OneHotCategorical(torch.randn(6, 5).double(), unimix=0.01)

@@ -202,7 +202,7 @@ def test_imagine_shapes_and_actions():
 
 
 @pytest.mark.parametrize("dyn_inputs", ["separate", "joint"])
-def test_img_step_reads_one_hot_stoch_as_the_dense_one(dyn_inputs):
+def test_dynamics_read_one_hot_stoch_as_the_dense_one(dyn_inputs):
     """Given the hot classes of z, the input layer gathers their weight columns: the next deter equals the
     dense step's; the action still gets its gradient, z (given as indices) none."""
     wm = make("vector", dyn_inputs=dyn_inputs).double()
@@ -213,9 +213,9 @@ def test_img_step_reads_one_hot_stoch_as_the_dense_one(dyn_inputs):
         torch.randn(5, rssm.deter, dtype=torch.float64), F.one_hot(index, rssm.classes).double()
     )
     action = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    dense = rssm._dynamics(state, action)
+    dense = rssm._dynamics(state.deter, state.stoch, action)
     (dense_grad,) = torch.autograd.grad(dense.sum(), action)
-    gathered = rssm._dynamics(state, action, stoch_index=index)
+    gathered = rssm._dynamics(state.deter, index, action)
     (gathered_grad,) = torch.autograd.grad(gathered.sum(), action)
     torch.testing.assert_close(gathered, dense, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gathered_grad, dense_grad, rtol=1e-12, atol=1e-12)

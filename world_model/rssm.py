@@ -59,6 +59,10 @@ class GroupSum:
     def sample(self) -> torch.Tensor:
         return self.dist.sample()
 
+    def sample_index(self) -> torch.Tensor:
+        """Categorical only: the sampled class of each group [..., S] (see OneHotCategorical)."""
+        return self.dist.sample_index()
+
     def mode(self) -> torch.Tensor:
         return self.dist.mode()
 
@@ -217,41 +221,34 @@ class RSSM(nn.Module):
         stoch = state.stoch * _expand(keep, state.stoch) + init.stoch * _expand(first, state.stoch)
         return RSSMState(deter, stoch), action
 
-    def _dynamics(
-        self, state: RSSMState, action: torch.Tensor, stoch_index: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """h_t from (h, z, a) of the previous step: [N, D]. `stoch_index` [N, S]: the hot classes of the
-        one-hot z, read by the input layer as OneHotFeatures (no gradient reaches z then)."""
+    def _dynamics(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """h_t from (h, z, a) of the previous step: [N, D]. `stoch` is z ([N, S, K] or [N, S]), or, for a
+        one-hot z that no gradient needs to reach, its hot classes [N, S] (int64), which the input layer
+        reads as OneHotFeatures (a gather of S weight columns)."""
         # Actions are scaled into [-1, 1] without a gradient through the scale (reference `_core`).
         action = action / torch.clamp(action.abs(), min=1.0).detach()
         if self.joint_inputs:
-            x = self.in_joint(self._stoch_then(state, stoch_index, action))
+            x = self.in_joint(self._stoch_then(stoch, action))
         else:
-            stoch = self._stoch_then(state, stoch_index, action[..., :0])
-            x = torch.cat([self.in_deter(state.deter), self.in_stoch(stoch), self.in_action(action)], -1)
-        return self.core(state.deter, x)
+            z = self._stoch_then(stoch, action[..., :0])
+            x = torch.cat([self.in_deter(deter), self.in_stoch(z), self.in_action(action)], -1)
+        return self.core(deter, x)
 
-    def _stoch_then(self, state: RSSMState, stoch_index: torch.Tensor | None, rest: torch.Tensor):
-        """[z, rest] as a layer's input: dense, or OneHotFeatures where the hot classes of z are given."""
-        if stoch_index is not None:
-            return OneHotFeatures(rest, stoch_index, self.classes, one_hot_first=True)
-        stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
+    def _stoch_then(self, stoch: torch.Tensor, rest: torch.Tensor):
+        """[z, rest] as a layer's input: dense, or OneHotFeatures where `stoch` holds the hot classes."""
+        if not stoch.is_floating_point():
+            return OneHotFeatures(rest, stoch, self.classes, one_hot_first=True)
+        stoch = stoch.flatten(-2) if self.latent == "categorical" else stoch
         return torch.cat([stoch, rest], -1) if rest.shape[-1] else stoch
 
     # --- steps -----------------------------------------------------------------------------------
     def img_step(
-        self,
-        state: RSSMState,
-        action: torch.Tensor,
-        is_first: torch.Tensor | None = None,
-        stoch_index: torch.Tensor | None = None,
+        self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor | None = None
     ) -> RSSMState:
-        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior).
-        `stoch_index`: see `_dynamics` (not with `is_first`, which may replace the state)."""
+        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior)."""
         if is_first is not None:
-            assert stoch_index is None, "stoch_index describes the state before a reset"
             state, action = self._reset(state, action, is_first)
-        deter = self._dynamics(state, action, stoch_index)
+        deter = self._dynamics(state.deter, state.stoch, action)
         return RSSMState(deter, self.dist(self.prior(deter)).sample())
 
     def obs_step(
@@ -259,7 +256,7 @@ class RSSM(nn.Module):
     ) -> tuple[RSSMState, torch.Tensor]:
         """One posterior step; embed_proj = `post_e(embed)` [N, hidden]. Returns (state [N], post stats)."""
         state, prev_action = self._reset(state, prev_action, is_first)
-        deter = self._dynamics(state, prev_action)
+        deter = self._dynamics(state.deter, state.stoch, prev_action)
         x = F.silu(self.post_norm(self.post_h(deter) + embed_proj))
         stats = self._stats(self.post_net(x))
         return RSSMState(deter, self.dist(stats).sample()), stats
@@ -313,12 +310,17 @@ class RSSM(nn.Module):
             the policy's input is the same step's features); actions: [N, H + 1, A], the action taken at
             each state.
         """
+        # One-hot: the stoch of each state is carried as its hot classes, sampled as such.
+        deter, stoch = (state.deter, self.one_hot_feat(state).index) if one_hot else state
         feats, actions = [], []
         for t in range(horizon + 1):
-            feats.append(self.one_hot_feat(state) if one_hot else self.feat(state))
+            state = RSSMState(deter, stoch)
+            feats.append(OneHotFeatures(deter, stoch, self.classes) if one_hot else self.feat(state))
             actions.append(policy(feats[-1].detach()))
             if t < horizon:
-                state = self.img_step(state, actions[-1], stoch_index=feats[-1].index if one_hot else None)
+                deter = self._dynamics(deter, stoch, actions[-1])
+                prior = self.dist(self.prior(deter))
+                stoch = prior.sample_index() if one_hot else prior.sample()
         if one_hot:
             deter, index = torch.stack([f.dense for f in feats], 1), torch.stack([f.index for f in feats], 1)
             return OneHotFeatures(deter, index, self.classes), torch.stack(actions, 1)
