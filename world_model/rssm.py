@@ -209,16 +209,16 @@ class RSSM(nn.Module):
         stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
         return torch.cat([state.deter, stoch], -1)
 
-    def _reset(self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor):
-        """Where is_first [N]: initial state and zero previous action."""
-        keep = (~is_first).to(action.dtype)
-        action = action * keep[:, None]
-        if self.initial_kind == "zeros":
-            return RSSMState(state.deter * keep[:, None], state.stoch * _expand(keep, state.stoch)), action
-        init = self.initial(1)
-        first = 1.0 - keep
-        deter = state.deter * keep[:, None] + init.deter * first[:, None]
-        stoch = state.stoch * _expand(keep, state.stoch) + init.stoch * _expand(first, state.stoch)
+    def _reset(
+        self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor, init: RSSMState | None = None
+    ):
+        """Where is_first [N]: initial state and zero previous action. `init`: `initial(1)`, computed
+        once by callers that reset over many steps (the learned one runs the prior network)."""
+        init = self.initial(1) if init is None else init
+        first = is_first[:, None]
+        action = torch.where(first, 0.0, action)
+        deter = torch.where(first, init.deter, state.deter)
+        stoch = torch.where(_expand(is_first, state.stoch), init.stoch, state.stoch)
         return RSSMState(deter, stoch), action
 
     def _dynamics(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -252,10 +252,16 @@ class RSSM(nn.Module):
         return RSSMState(deter, self.dist(self.prior(deter)).sample())
 
     def obs_step(
-        self, state: RSSMState, prev_action: torch.Tensor, embed_proj: torch.Tensor, is_first: torch.Tensor
+        self,
+        state: RSSMState,
+        prev_action: torch.Tensor,
+        embed_proj: torch.Tensor,
+        is_first: torch.Tensor,
+        init: RSSMState | None = None,
     ) -> tuple[RSSMState, torch.Tensor]:
-        """One posterior step; embed_proj = `post_e(embed)` [N, hidden]. Returns (state [N], post stats)."""
-        state, prev_action = self._reset(state, prev_action, is_first)
+        """One posterior step; embed_proj = `post_e(embed)` [N, hidden]; `init`: see `_reset`.
+        Returns (state [N], post stats)."""
+        state, prev_action = self._reset(state, prev_action, is_first, init)
         deter = self._dynamics(state.deter, state.stoch, prev_action)
         x = F.silu(self.post_norm(self.post_h(deter) + embed_proj))
         stats = self._stats(self.post_net(x))
@@ -274,9 +280,10 @@ class RSSM(nn.Module):
         """
         B, T = is_first.shape
         embed_proj = self.post_e(embed)  # [B, T, hidden], all steps at once
+        init = self.initial(1)  # the same at every step
         deters, stochs, stats = [], [], []
         for t in range(T):
-            state, post = self.obs_step(state, prev_action[:, t], embed_proj[:, t], is_first[:, t])
+            state, post = self.obs_step(state, prev_action[:, t], embed_proj[:, t], is_first[:, t], init)
             deters.append(state.deter)
             stochs.append(state.stoch)
             stats.append(post)
