@@ -106,7 +106,6 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     Under torchrun, `world` is this rank (run/distributed.py): its envs, replay shard and random states
     are its own, rank 0's weights are broadcast to all, and only rank 0 logs and checkpoints.
     """
-
     from run.checkpoint import Checkpointer, check_compatible, check_world_size
     from run.checkpoint import load as load_checkpoint
     from run.distributed import World, rank_device

@@ -24,6 +24,14 @@ def _sum_last(x: torch.Tensor, dims: int) -> torch.Tensor:
     return x.sum(tuple(range(-dims, 0))) if dims else x
 
 
+def _invert_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The class k of each row with cdf[k-1] <= u * total < cdf[k]: cdf [..., K] (cumulative, possibly
+    unnormalized), u [...] uniform in [0, 1) -> [...] int64. u is scaled by the row's own total, so that
+    float rounding of the sum cannot leave a gap above the last class."""
+    index = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return index.clamp_(max=cdf.shape[-1] - 1)
+
+
 class OneHotCategorical:
     """Categorical over the last dim with a uniform mixture (`unimix`) and straight-through one-hots.
 
@@ -58,17 +66,14 @@ class OneHotCategorical:
         """The class of a sample [...] (int64), drawn with one uniform u per row, without forming `probs`.
 
         The mixture is sampled as a mixture: u < unimix picks the uniform part, and u / unimix its class;
-        otherwise (u - unimix) / (1 - unimix), again uniform, inverts the CDF of softmax(logits), scaled
-        by its own last entry so that float rounding cannot leave a gap above the last class. So
+        otherwise (u - unimix) / (1 - unimix), again uniform, inverts the CDF of softmax(logits). So
         P(k) = unimix / K + (1 - unimix) softmax_k, the law of `probs`, which is never formed; one
         uniform per row costs a fraction of the K of the Gumbel-max trick.
         """
         logits = self.raw.detach().float()  # a bfloat16 CDF or uniform would coarsen the law
         u = torch.rand(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
-        cdf = F.softmax(logits, -1).cumsum_(-1)
         v = u if self.unimix == 0.0 else ((u - self.unimix) / (1.0 - self.unimix)).clamp_(min=0.0)
-        index = torch.searchsorted(cdf, (v * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
-        index = index.clamp_(max=self.classes - 1)
+        index = _invert_cdf(F.softmax(logits, -1).cumsum_(-1), v)
         if self.unimix > 0.0:
             uniform = (u * (self.classes / self.unimix)).long().clamp_(max=self.classes - 1)
             index = torch.where(u < self.unimix, uniform, index)
@@ -79,10 +84,8 @@ class OneHotCategorical:
         hand, their own CDF is inverted (one uniform per row; fewer operations than `sample_index`, which
         matters on the small batches of a posterior rollout)."""
         probs = self.probs.detach()
-        cdf = probs.cumsum(-1)
-        u = torch.rand(*probs.shape[:-1], 1, dtype=probs.dtype, device=probs.device) * cdf[..., -1:]
-        index = torch.searchsorted(cdf, u, right=True).clamp_(max=self.classes - 1)
-        return self._straight_through(index.squeeze(-1))
+        u = torch.rand(probs.shape[:-1], dtype=probs.dtype, device=probs.device)
+        return self._straight_through(_invert_cdf(probs.cumsum(-1), u))
 
     def mode(self) -> torch.Tensor:
         return self._straight_through(self.probs.argmax(-1))

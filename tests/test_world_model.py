@@ -199,6 +199,8 @@ def test_imagine_shapes_and_actions():
     after = wm.rssm.img_step(start, actions[:, 0])
     torch.testing.assert_close(feat[:, 1, :32], after.deter)
     assert actions[:, :, 1].tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0]] * 5
+    with pytest.raises(ValueError, match="one-hot features need world_model.latent 'categorical'"):
+        wm.rssm.imagine(start, policy, horizon=4, one_hot=True)
 
 
 @pytest.mark.parametrize("dyn_inputs", ["separate", "joint"])

@@ -291,13 +291,6 @@ class RSSM(nn.Module):
         # The prior is not needed inside the loop: compute it for all B x T steps at once.
         return ObserveOutput(posts, torch.stack(stats, 1), self.prior(posts.deter), state)
 
-    def one_hot_feat(self, state: RSSMState) -> OneHotFeatures:
-        """`feat(state)` as OneHotFeatures, for categorical stoch that is exactly one-hot (samples and
-        modes are) and that no gradient needs to reach."""
-        if self.latent != "categorical":
-            raise ValueError("one-hot features need world_model.latent 'categorical'")
-        return OneHotFeatures(state.deter, state.stoch.argmax(-1), self.classes)
-
     def imagine(
         self,
         state: RSSMState,
@@ -317,12 +310,16 @@ class RSSM(nn.Module):
             the policy's input is the same step's features); actions: [N, H + 1, A], the action taken at
             each state.
         """
-        # One-hot: the stoch of each state is carried as its hot classes, sampled as such.
-        deter, stoch = (state.deter, self.one_hot_feat(state).index) if one_hot else state
+        # One-hot: the stoch of each state (exactly one-hot: a sample) is carried as its hot classes.
+        if one_hot and self.latent != "categorical":
+            raise ValueError("one-hot features need world_model.latent 'categorical'")
+        deter, stoch = (state.deter, state.stoch.argmax(-1)) if one_hot else state
         feats, actions = [], []
         for t in range(horizon + 1):
-            state = RSSMState(deter, stoch)
-            feats.append(OneHotFeatures(deter, stoch, self.classes) if one_hot else self.feat(state))
+            if one_hot:
+                feats.append(OneHotFeatures(deter, stoch, self.classes))
+            else:
+                feats.append(self.feat(RSSMState(deter, stoch)))
             actions.append(policy(feats[-1].detach()))
             if t < horizon:
                 deter = self._dynamics(deter, stoch, actions[-1])
