@@ -2,8 +2,11 @@
 
 Also the FLOPs of one update (matmuls and convolutions, forward and backward, counted by torch's
 FlopCounterMode), the achieved GFLOP/s and its share of a measured matmul peak on the same device and
-precision, the way nanoGPT reports model-FLOP utilization. Presets may be combined with commas
-(`--presets v1,xs`) for like-for-like comparisons with v1 ports.
+precision, the way nanoGPT reports model-FLOP utilization. "floor" is the time those FLOPs take at that
+peak: about the least any implementation of the same matmuls and convolutions at that precision can
+spend. "kernels" is the time the update's own matmul and convolution calls take replayed alone, back to
+back on fresh operands (`kernel_ms`): the update less everything between those calls. Presets may be
+combined with commas (`--presets v1,xs`) for like-for-like comparisons with v1 ports.
 
 One update = world-model loss, imagination + actor-critic losses, one backward pass, optimizer step
 (with the slow-critic EMA), exactly as `Agent.train` runs them. Synthetic batches of B x T steps with
@@ -28,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -96,13 +101,68 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def update_flops(agent, data, state) -> float:
+class KernelRecorder(TorchDispatchMode):
+    """Records the matmul and convolution calls (the ops torch's FLOP counter counts) that run inside it,
+    forward and backward, as (op, arguments with each tensor replaced by its shape, strides and dtype)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in flop_registry:
+            spec = lambda x: TensorSpec(x.shape, x.stride(), x.dtype, x.device) if torch.is_tensor(x) else x
+            self.calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
+        return func(*args, **kwargs)
+
+
+class TensorSpec(tuple):
+    def __new__(cls, shape, stride, dtype, device):
+        return super().__new__(cls, (tuple(shape), tuple(stride), dtype, device))
+
+    def make(self) -> torch.Tensor:
+        """A random tensor of this shape, strides (expanded or transposed views too) and dtype."""
+        shape, stride, dtype, device = self
+        storage = 1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True) if n > 0)
+        base = torch.randn(storage, device=device).to(dtype)
+        return base.as_strided(shape, stride)
+
+
+def kernel_ms(calls: list[tuple], device: torch.device, repeats: int = 3) -> float:
+    """Milliseconds the recorded calls take replayed on their own, back to back, on fresh random
+    operands: the update's matmuls and convolutions without anything between them. Each distinct call
+    is timed (best of `repeats`) and counted as often as it ran."""
+    counts: dict[str, int] = {}
+    first: dict[str, tuple] = {}
+    for call in calls:
+        key = repr(call)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, call)
+    total = 0.0
+    for key, (func, args, kwargs) in first.items():
+        make = lambda x: x.make() if isinstance(x, TensorSpec) else x
+        args, kwargs = tree_map(make, args), tree_map(make, kwargs)
+        best = float("inf")
+        for _ in range(repeats + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            func(*args, **kwargs)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        total += counts[key] * best
+    return 1000 * total
+
+
+def update_flops(agent, data, state) -> tuple[float, float]:
     """FLOPs of one update's matmuls and convolutions, forward and backward (torch's FLOP counter, the
     convention of model-FLOP utilization: elementwise work is not counted, nor the gathers that replace
-    matmuls over one-hot inputs, so imagination counts only its dense part). Runs one extra update."""
-    with FlopCounterMode(display=False) as counter:
+    matmuls over one-hot inputs, so imagination counts only its dense part), and the ms those calls take
+    replayed on their own (`kernel_ms`). Runs one extra update."""
+    recorder = KernelRecorder()
+    with FlopCounterMode(display=False) as counter, recorder:
         timed_update(agent, data, state)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()), kernel_ms(recorder.calls, agent.device)
 
 
 def matmul_peak(device: torch.device, precision: str, n: int = 1024, repeats: int = 10) -> float:
@@ -136,7 +196,8 @@ def bench(preset: str, obs: str, args) -> dict[str, float]:
         if i >= args.warmup:
             runs.append(times)
     result = {k: 1000 * statistics.median(r[k] for r in runs) for k in (*PARTS, "total")}
-    result["gflop"] = update_flops(agent, data, state) / 1e9 if args.flops else float("nan")
+    flops, kernels = update_flops(agent, data, state) if args.flops else (float("nan"), float("nan"))
+    result["gflop"], result["kernels"] = flops / 1e9, kernels
     result["gflops"] = result["gflop"] / (result["total"] / 1000)
     result["params_m"] = sum(p.numel() for m in (agent.wm, agent.ac) for p in m.parameters()) / 1e6
     result["peak_mb"] = peak_memory_mb(agent.device)
@@ -173,16 +234,18 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{'preset':<9} {'obs':<7} {'params':>7} "
         + " ".join(f"{k:>11}" for k in (*PARTS, "total"))
-        + f"  {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>7}  peak MB"
+        + f"  {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>7} {'floor':>8} {'kernels':>8}  peak MB"
     )
     for preset in args.presets:
         for obs in args.obs:
             r = bench(preset, obs, args)
+            r["peak_gflops"], r["floor"] = peak, r["gflop"] / peak * 1000
             if args.json:
                 print(json.dumps({"preset": preset, "obs": obs, **r}), flush=True)
                 continue
             parts = " ".join(f"{r[k]:>9.0f}ms" for k in (*PARTS, "total"))
             util = f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"
+            util += f" {r['floor']:>6.0f}ms {r['kernels']:>6.0f}ms"
             print(
                 f"{preset:<9} {obs:<7} {r['params_m']:>6.2f}M {parts}  {util}  {r['peak_mb']:>7.0f}",
                 flush=True,
