@@ -159,12 +159,10 @@ def symlog_bins(n: int) -> torch.Tensor:
     return ((bins - bins.flip(0)) / 2).float()
 
 
-def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Encode x: [...] as weights [..., N] on the two nearest bins (linear interpolation).
-
-    Weights sum to 1 and `(weights * bins).sum(-1) == x` inside the bin range; outside it all weight
-    goes to the nearest end bin.
-    """
+def two_hot_parts(x: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The two bins of each x: [...] and their weights: (below, above) [...] int64, (w_below, w_above)
+    [...], the linear interpolation between the two nearest bins; outside the bin range all weight goes
+    to the nearest end bin."""
     n = bins.shape[0]
     x = x.to(bins.dtype)
     below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, n - 1)
@@ -173,8 +171,17 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     span = hi - lo
     equal = span == 0
     w_above = torch.where(equal, torch.zeros_like(x), ((x - lo) / torch.where(equal, 1.0, span)).clamp(0, 1))
-    w_below = 1.0 - w_above
-    out = torch.zeros(*x.shape, n, dtype=bins.dtype, device=bins.device)
+    return below, above, 1.0 - w_above, w_above
+
+
+def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Encode x: [...] as weights [..., N] on the two nearest bins (linear interpolation).
+
+    Weights sum to 1 and `(weights * bins).sum(-1) == x` inside the bin range; outside it all weight
+    goes to the nearest end bin.
+    """
+    below, above, w_below, w_above = two_hot_parts(x, bins)
+    out = torch.zeros(*x.shape, bins.shape[0], dtype=bins.dtype, device=bins.device)
     out.scatter_add_(-1, below.unsqueeze(-1), w_below.unsqueeze(-1))
     out.scatter_add_(-1, above.unsqueeze(-1), w_above.unsqueeze(-1))
     return out
@@ -194,10 +201,18 @@ class TwoHot:
             raise ValueError(f"TwoHot space must be one of {TWOHOT_SPACES}; got {space!r}")
         if logits.shape[-1] != bins.shape[0]:
             raise ValueError(f"TwoHot: {logits.shape[-1]} logits for {bins.shape[0]} bins")
-        self.logits = F.log_softmax(logits, -1)
-        self.probs = self.logits.exp()
+        self.raw, self.space = logits, space
         self.bins = bins.to(logits.device, logits.dtype)
-        self.space = space
+
+    @functools.cached_property
+    def logits(self) -> torch.Tensor:
+        """Log-probabilities of the bins [..., N] (computed on first use, as are `probs`: the mean of a
+        head that is only read needs no logarithms)."""
+        return F.log_softmax(self.raw, -1)
+
+    @functools.cached_property
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self.raw, -1)
 
     def mean(self) -> torch.Tensor:
         # Sum the two halves mirrored so that symmetric bins with uniform probs give exactly 0
@@ -215,8 +230,11 @@ class TwoHot:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         target = symlog(x) if self.space == "symlog" else x
-        weights = two_hot(target.detach(), self.bins)
-        return (weights * self.logits).sum(-1)
+        # The two-hot weights times the logits, read at the two bins that carry weight: the dense
+        # product's terms elsewhere are exact zeros.
+        below, above, w_below, w_above = two_hot_parts(target.detach(), self.bins)
+        pick = lambda index: self.logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        return w_below * pick(below) + w_above * pick(above)
 
     def entropy(self) -> torch.Tensor:
         return -(self.probs * self.logits).sum(-1)

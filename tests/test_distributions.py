@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nets.distributions import (
     Bernoulli,
@@ -16,7 +17,7 @@ from nets.distributions import (
     symlog_bins,
     two_hot,
 )
-from nets.functional import symlog
+from nets.functional import symexp, symlog
 
 
 def test_unimix_floor_and_normalization():
@@ -186,6 +187,29 @@ def test_two_hot_dist_zero_at_init_and_learns_value(space):
     d = TwoHot(torch.randn(2, n), bins, space)
     value = bins[200] if space == "raw" else bins[200].exp() - 1
     torch.testing.assert_close(d.log_prob(value.expand(2)), d.logits[:, 200], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("space", ["raw", "symlog"])
+def test_two_hot_log_prob_equals_the_dense_cross_entropy_exactly(space):
+    """log_prob reads the logits at the two weighted bins; the dense sum of weights x logits over all
+    bins has exact zeros elsewhere, so both agree to the last bit, gradients too: inside the range,
+    on bins, and beyond both ends (one bin)."""
+    torch.manual_seed(0)
+    n = 255
+    bins = symexp_bins(n) if space == "raw" else symlog_bins(n)
+    raw = torch.randn(6, 40, n, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 40, dtype=torch.float64) * 30
+    x[0, :3] = torch.tensor([1e12, -1e12, 0.0], dtype=torch.float64)
+    on_bin = bins[100] if space == "raw" else symexp(bins[100])
+    x[1, 0] = on_bin.double()
+    dist = TwoHot(raw, bins, space)
+    got = dist.log_prob(x)
+    target = symlog(x) if space == "symlog" else x
+    dense = (two_hot(target, dist.bins) * F.log_softmax(raw, -1)).sum(-1)
+    assert torch.equal(got, dense)
+    assert torch.equal(*(torch.autograd.grad(v.sum(), raw)[0] for v in (got, dense)))
+    # probs and logits are the softmax and log-softmax of the raw outputs.
+    torch.testing.assert_close(dist.probs.log(), dist.logits, rtol=0, atol=1e-12)
 
 
 def test_two_hot_rejects_bad_space():
