@@ -118,6 +118,8 @@ class KernelRecorder(TorchDispatchMode):
 
 
 class TensorSpec(tuple):
+    """(shape, strides, dtype, device) of a recorded operand."""
+
     def __new__(cls, shape, stride, dtype, device):
         return super().__new__(cls, (tuple(shape), tuple(stride), dtype, device))
 
