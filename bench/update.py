@@ -22,6 +22,7 @@ run, so later lines include earlier ones) or the peak CUDA allocation per config
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import resource
 import statistics
@@ -135,15 +136,11 @@ def kernel_ms(calls: list[tuple], device: torch.device, repeats: int = 3) -> flo
     """Milliseconds the recorded calls take replayed on their own, back to back, on fresh random
     operands: the update's matmuls and convolutions without anything between them. Each distinct call
     is timed (best of `repeats`) and counted as often as it ran."""
-    counts: dict[str, int] = {}
-    first: dict[str, tuple] = {}
-    for call in calls:
-        key = repr(call)
-        counts[key] = counts.get(key, 0) + 1
-        first.setdefault(key, call)
+    counts = collections.Counter(map(repr, calls))
+    distinct = {repr(call): call for call in calls}  # equal reprs: the same call
+    make = lambda x: x.make() if isinstance(x, TensorSpec) else x
     total = 0.0
-    for key, (func, args, kwargs) in first.items():
-        make = lambda x: x.make() if isinstance(x, TensorSpec) else x
+    for key, (func, args, kwargs) in distinct.items():
         args, kwargs = tree_map(make, args), tree_map(make, kwargs)
         best = float("inf")
         for _ in range(repeats + 1):
