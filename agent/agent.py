@@ -265,6 +265,15 @@ class Agent:
         self.optim.load_state_dict(state["optim"])
         self.update_count = int(state["update_count"])
 
+    @staticmethod
+    def carry_state(carry: RSSMState | None) -> dict[str, Tensor] | None:
+        """The training carry that `train` returns, as tensors to store in a checkpoint."""
+        return None if carry is None else carry._asdict()
+
+    def load_carry(self, state: dict[str, Tensor] | None) -> RSSMState | None:
+        """The training carry from `carry_state`'s output, on this agent's device."""
+        return None if state is None else RSSMState(*(state[k].to(self.device) for k in RSSMState._fields))
+
     # --- helpers ---------------------------------------------------------------------------------
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
