@@ -20,7 +20,7 @@ import numpy as np
 
 from envs.spaces import ArraySpec
 from replay.spec import check_array
-from run.files import TMP_SUFFIX, write_atomic
+from util.files import TMP_SUFFIX, write_atomic
 
 NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.npz$")
 # What reading a truncated or corrupt npz can raise.

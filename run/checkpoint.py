@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from run.files import write_atomic
+from util.files import write_atomic
 
 FORMAT = 1
 NAME = re.compile(r"^ckpt-(\d{9})\.pt$")

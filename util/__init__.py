@@ -1,0 +1,2 @@
+"""Low-level helpers that depend on nothing else in the project, so configs/, replay/ and run/ can all
+import them."""
