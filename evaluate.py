@@ -1,13 +1,13 @@
 """Evaluate a checkpoint: policy rollouts in the real env and the world model against reality.
 
     python evaluate.py --logdir RUN [--checkpoint PATH|all] [--episodes N] [--modes eval,train]
-                       [--context C] [--horizon H] [--samples K] [--dataset DIR] [--wandb [MODE]]
+                       [--context C] [--openloop-steps H] [--samples K] [--dataset DIR] [--wandb [MODE]]
                        [--env.* / other dotted config overrides]
     python evaluate.py --compare RUN [RUN ...] [--out DIR]
 
 Writes into `<RUN>/eval` (or `--out`): `summary.json` (return and length statistics per policy mode),
 `episodes.csv` (one row per episode), `world_model.json` (ELBO, rate, distortion, K-sample bound,
-reward / continuation errors, open-loop error per horizon step), `plots/*.png` and `videos/`.
+reward / continuation errors, open-loop error per imagined step), `plots/*.png` and `videos/`.
 The config is the checkpoint's own, with the overrides applied; eval envs are seeded from
 `seed + EVAL_SEED_OFFSET` (`--seed` changes it), apart from the training envs' seeds.
 Exit status 1: no checkpoint, a checkpoint that does not fit the env, an env that cannot be made;
@@ -29,13 +29,13 @@ import gymnasium as gym
 import numpy as np
 from omegaconf import OmegaConf
 
+from agent import make_agent
 from configs.loader import ConfigError, load_config, parse_overrides
 from configs.schema import Config
-from envs import EnvError
-from run import compare, eval_plots
-from run.checkpoint import CheckpointError, checkpoint_paths, resolve
-from run.checkpoint import load as load_checkpoint
-from run.eval_policy import (
+from envs import EnvError, make_vec_env
+from evaluation import compare
+from evaluation import plots as eval_plots
+from evaluation.policy import (
     Episode,
     agent_policy,
     collect_episodes,
@@ -43,18 +43,19 @@ from run.eval_policy import (
     policy_summary,
     reconstruction_video,
 )
-from run.eval_world_model import (
+from evaluation.world_model import (
     bound_metrics,
     episode_batches,
     episode_windows,
     open_loop_errors,
     open_loop_json,
 )
-from run.host import setup_cpu
+from run.checkpoint import CheckpointError, checkpoint_paths, resolve
+from run.checkpoint import load as load_checkpoint
 from run.logger import Summary, WandbOutput
 from run.seeding import seed_everything
 from run.video import write_video
-from train import EVAL_SEED_OFFSET, make_agent, make_env
+from train import EVAL_SEED_OFFSET, setup_host
 
 PROG = "evaluate.py"
 MODES = ("eval", "train")
@@ -83,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="eval", help="policy modes, comma separated: eval, train")
     p.add_argument("--videos", type=int, default=1, help="episodes recorded as videos (default 1)")
     p.add_argument("--context", type=int, default=5, help="open-loop context steps (default 5)")
-    p.add_argument("--horizon", type=int, default=10, help="open-loop imagined steps (default 10)")
+    p.add_argument("--openloop-steps", type=int, default=10, help="open-loop imagined steps (default 10)")
     p.add_argument("--samples", type=int, default=16, help="K of the importance-weighted bound (default 16)")
     p.add_argument("--dataset", help="score the world model on this folder of saved episodes / chunks")
     p.add_argument("--batches", type=int, default=4, help="batches drawn from --dataset (default 4)")
@@ -102,9 +103,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ConfigError(f"--modes takes {' and/or '.join(MODES)} (comma separated); got '{args.modes}'")
-    for name in ("episodes", "context", "horizon", "samples", "batches"):
+    for name in ("episodes", "context", "openloop_steps", "samples", "batches"):
         if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1; got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.videos < 0:
         raise ConfigError(f"--videos must be >= 0; got {args.videos}")
     if not args.compare and not args.logdir and not args.checkpoint:
@@ -135,7 +136,7 @@ def load_run(logdir: str | None, checkpoint: str | None, overrides: dict) -> Loa
 
 def build_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
     try:
-        return make_env(config, seed, num_envs)
+        return make_vec_env(config.env, seed, num_envs)
     except (EnvError, gym.error.Error, ImportError) as e:
         raise EvalError(f"cannot make env '{config.env.id}': {e}") from None
 
@@ -170,7 +171,7 @@ def run_policy(agent: Any, env: Any, args: argparse.Namespace) -> dict[str, list
 def world_model_data(agent: Any, config: Config, episodes: list[Episode], args: argparse.Namespace):
     """(bound batches, open-loop batch or None): the evaluation episodes of every policy mode, or
     batches of `--dataset`."""
-    length = args.context + args.horizon
+    length = args.context + args.openloop_steps
     if not args.dataset:
         return episode_batches(episodes), episode_windows(episodes, length, MAX_WINDOWS)
     from replay import load_dataset, step_spec
@@ -190,7 +191,7 @@ def evaluate_world_model(agent: Any, batches: list, window: Any, args: argparse.
     wm = agent.wm
     result: dict[str, Any] = {"bound": bound_metrics(wm, batches, args.samples), "open_loop": None}
     if window is None:
-        print(f"open loop: no episode has {args.context + args.horizon} steps; skipped")
+        print(f"open loop: no episode has {args.context + args.openloop_steps} steps; skipped")
         return result
     open_loop = open_loop_errors(wm, window, args.context)
     result["open_loop"] = open_loop_json(open_loop, args.context)
@@ -290,7 +291,7 @@ def evaluate(args: argparse.Namespace, overrides: dict) -> dict:
     config = loaded.config
     logdir = Path(args.logdir) if args.logdir else loaded.path.parent.parent
     out = Path(args.out) if args.out else logdir / "eval"
-    setup_cpu(config.run.threads, config.run.keep_freed_memory)
+    setup_host(config)
     seed_everything(config.seed)
     seed = config.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
     env = build_env(config, seed, config.env.eval_num_envs)

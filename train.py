@@ -22,23 +22,21 @@ from configs.schema import Config
 # torch, wandb and matplotlib take seconds to import: they are imported where they are used, so a
 # mistyped command line is answered at once.
 if TYPE_CHECKING:
+    from run.checkpoint import Checkpointer, Loaded
     from run.distributed import World
     from run.logger import Logger
     from run.loop import Loop, Parts
 
 # Eval envs get seeds far from the training envs' (seed + i).
 EVAL_SEED_OFFSET = 10_000
+KEEP_FREED_MEMORY_NOTE = (
+    "run.keep_freed_memory: glibc keeps large freed blocks mapped for reuse on this CPU run (the process "
+    "keeps its peak heap); turn it off with --run.keep_freed_memory false"
+)
 
 
 class LogdirError(RuntimeError):
     """The run folder cannot be created or written."""
-
-
-def make_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
-    """`num_envs` envs seeded `seed`, `seed + 1`, ... (the config's `env.num_envs` by default)."""
-    from envs import make_vec_env
-
-    return make_vec_env(config.env, seed=seed, num_envs=num_envs)
 
 
 def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_size: int = 1) -> Any:
@@ -64,13 +62,8 @@ def replay_capacity(config: Config, num_envs: int, world_size: int = 1) -> int:
     return min(config.replay.capacity // world_size, floor * num_envs)
 
 
-def make_agent(config: Config, obs_space: dict, act_space: Any) -> Any:
-    from agent import make_agent as build_agent
-
-    return build_agent(config, obs_space, act_space)
-
-
 def make_logger(config: Config, logdir: Path) -> Logger:
+    """The logger of the `logger` config, with the resolved root config for wandb's run config."""
     from omegaconf import OmegaConf
 
     from run.logger import make_logger as build_logger
@@ -79,12 +72,27 @@ def make_logger(config: Config, logdir: Path) -> Logger:
 
 
 class Factories(NamedTuple):
-    """How the parts are built; tests replace any of them with stubs."""
+    """How the parts are built; tests replace any of them with stubs. A field left None is the real
+    factory, imported when the run is built (torch takes seconds to import)."""
 
-    make_env: Callable[..., Any] = make_env
+    make_env: Callable[..., Any] | None = None  # (env config, seed, num_envs) -> VecEnv; envs.make_vec_env
     make_replay: Callable[..., Any] = make_replay
-    make_agent: Callable[..., Any] = make_agent
+    make_agent: Callable[..., Any] | None = None  # (config, obs_space, act_space) -> Agent; agent.make_agent
     make_logger: Callable[..., Logger] = make_logger
+
+
+class Start(NamedTuple):
+    """Where a run starts: its checkpointer, the logdir's newest checkpoint to resume (or None), and the
+    state of another run's checkpoint to initialize the agent from (`run.from_checkpoint`, or None)."""
+
+    checkpointer: Checkpointer
+    resume: Loaded | None
+    init: dict | None
+
+    @property
+    def step(self) -> int:
+        """The policy step the run starts at."""
+        return self.resume.state["step"] if self.resume else 0
 
 
 def prepare_logdir(path: str) -> Path:
@@ -106,24 +114,64 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     Under torchrun, `world` is this rank (run/distributed.py): its envs, replay shard and random states
     are its own, rank 0's weights are broadcast to all, and only rank 0 logs and checkpoints.
     """
-    from run.checkpoint import Checkpointer, check_compatible, check_world_size
-    from run.checkpoint import load as load_checkpoint
-    from run.distributed import World, rank_device
-    from run.host import setup_cpu
-    from run.logger import Logger
-    from run.loop import Loop, Parts
-    from run.schedule import updates_per_step
+    from run.distributed import World
     from run.seeding import seed_everything
 
-    factories = factories or Factories()
+    factories = with_real_parts(factories)
     world = world or World()
-    if world.distributed:
-        config = dataclasses.replace(
-            config, run=dataclasses.replace(config.run, device=rank_device(config.run.device, world))
-        )
+    config = on_rank_device(config, world)
     logdir = prepare_logdir(config.logdir)
-    setup_cpu(config.run.threads, config.run.keep_freed_memory)
+    setup_host(config, announce=world.is_main)
     config_yaml = to_yaml(config)
+    start = find_start(config, config_yaml, logdir, world)
+    # Rank r's random states, envs and replay sampler are seeded apart from the other ranks'.
+    seed_everything(config.seed + world.rank)
+    if world.is_main:
+        save_config(config, logdir / "config.yaml")
+    parts = make_parts(config, factories, logdir, start, world)
+    loop = make_loop(config, parts, config_yaml, world)
+    restore(loop, start, config, world)
+    join_world(parts.agent, world)
+    return loop
+
+
+def with_real_parts(factories: Factories | None) -> Factories:
+    """`factories` (all real ones by default) with every field left None set to the real factory."""
+    from agent import make_agent
+    from envs import make_vec_env
+
+    factories = factories or Factories()
+    return factories._replace(
+        make_env=factories.make_env or make_vec_env, make_agent=factories.make_agent or make_agent
+    )
+
+
+def on_rank_device(config: Config, world: World) -> Config:
+    """The config with this rank's `run.device`: data-parallel CUDA ranks use their local rank's GPU."""
+    from run.distributed import rank_device
+
+    device = rank_device(config.run.device, world)
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, device=device))
+
+
+def setup_host(config: Config, announce: bool = True) -> None:
+    """torch threads and, on a CPU run only, glibc's thresholds for freed memory (`run.keep_freed_memory`:
+    process-wide, so it is said in one line when `announce`)."""
+    from agent import resolve_device
+    from run.host import setup_cpu
+
+    on_cpu = resolve_device(config.run.device).type == "cpu"
+    kept = setup_cpu(config.run.threads, config.run.keep_freed_memory and on_cpu)
+    if kept and announce:
+        print(KEEP_FREED_MEMORY_NOTE)
+
+
+def find_start(config: Config, config_yaml: str, logdir: Path, world: World) -> Start:
+    """The checkpoint to resume (the logdir's newest) or to initialize the agent from, each checked
+    against the config (and a resumed one against the number of ranks)."""
+    from run.checkpoint import Checkpointer, check_compatible, check_world_size
+    from run.checkpoint import load as load_checkpoint
+
     checkpointer = Checkpointer(logdir / "checkpoints", config.run.keep_checkpoints)
     resume = checkpointer.load_latest()
     if resume:
@@ -133,40 +181,63 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
     if resume is None and config.run.from_checkpoint:
         init = load_checkpoint(config.run.from_checkpoint)
         check_compatible(init["config"], config_yaml, config.run.from_checkpoint)
-    # Rank r's random states, envs and replay sampler are seeded apart from the other ranks'.
-    seed_everything(config.seed + world.rank)
-    if world.is_main:
-        save_config(config, logdir / "config.yaml")
-    # A resumed run reseeds its fresh envs so it does not replay the episodes it started with.
-    start = resume.state["step"] if resume else 0
-    env = factories.make_env(config, config.seed + start + world.rank * config.env.num_envs)
-    eval_env = None
-    if config.run.eval_every > 0 and world.is_main:
-        eval_env = factories.make_env(
-            config, config.seed + EVAL_SEED_OFFSET + start, config.env.eval_num_envs
-        )
+    return Start(checkpointer, resume, init)
+
+
+def make_parts(config: Config, factories: Factories, logdir: Path, start: Start, world: World) -> Parts:
+    """This rank's envs, replay (shard), agent and logger (only rank 0's logger writes)."""
+    from run.logger import Logger
+    from run.loop import Parts
+
+    env, eval_env = make_envs(config, factories, start.step, world)
     replay = factories.make_replay(config, env, logdir, world.rank, world.size)
     agent = factories.make_agent(config, env.obs_space, env.act_space)
     logger = factories.make_logger(config, logdir) if world.is_main else Logger(logdir, outputs=[])
-    parts = Parts(env, replay, agent, logger, checkpointer, eval_env)
-    batch = config.replay.batch_size * world.size  # the effective batch: B sequences from every rank
+    return Parts(env, replay, agent, logger, start.checkpointer, eval_env)
+
+
+def make_envs(config: Config, factories: Factories, step: int, world: World) -> tuple[Any, Any]:
+    """This rank's training envs, and rank 0's eval envs when `run.eval_every` is set (else None).
+
+    Seeds start from `seed + step`: a resumed run does not replay the episodes it started with.
+    """
+    env = factories.make_env(config.env, config.seed + step + world.rank * config.env.num_envs)
+    eval_env = None
+    if config.run.eval_every > 0 and world.is_main:
+        seed = config.seed + EVAL_SEED_OFFSET + step
+        eval_env = factories.make_env(config.env, seed, config.env.eval_num_envs)
+    return env, eval_env
+
+
+def make_loop(config: Config, parts: Parts, config_yaml: str, world: World) -> Loop:
+    """The loop at `run.train_ratio`, counted over the effective batch: B sequences from every rank."""
+    from run.loop import Loop
+    from run.schedule import updates_per_step
+
+    batch = config.replay.batch_size * world.size
     ratio = updates_per_step(config.run.train_ratio, batch, config.replay.batch_length)
-    loop = Loop(
-        config.run, parts, ratio, config.env.action_repeat, config.seed + world.rank, config_yaml, world
-    )
-    if resume:
-        loop.load_state_dict(resume.state)
+    seed = config.seed + world.rank
+    return Loop(config.run, parts, ratio, config.env.action_repeat, seed, config_yaml, world)
+
+
+def restore(loop: Loop, start: Start, config: Config, world: World) -> None:
+    """Continue the loop from the resumed checkpoint, or initialize the agent from `run.from_checkpoint`."""
+    if start.resume:
+        loop.load_state_dict(start.resume.state)
         if world.is_main:
-            print(
-                f"resumed from {resume.path} at step {loop.counters.step} (replay holds {len(replay)} steps)"
-            )
-    elif init:
-        agent.load_state_dict(init["agent"])
+            path, held = start.resume.path, len(loop.parts.replay)
+            print(f"resumed from {path} at step {loop.counters.step} (replay holds {held} steps)")
+    elif start.init:
+        loop.agent.load_state_dict(start.init["agent"])
         print(f"agent initialized from {config.run.from_checkpoint}")
+
+
+def join_world(agent: Any, world: World) -> None:
+    """Data-parallel ranks start from rank 0's weights and average their gradients over all ranks; a
+    single process has no replicas, and its agent keeps its plain update."""
     if world.distributed:
         world.broadcast_modules(agent.wm, agent.ac)
         agent.data_parallel(world)
-    return loop
 
 
 def close(parts: Parts) -> None:

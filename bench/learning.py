@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from run.compare import RunRecord, aggregate  # noqa: E402
+from evaluation.compare import RunRecord, aggregate  # noqa: E402
 from run.plots import plt, read_metrics, save_figure  # noqa: E402
 
 RETURN_KEY = "episode/return"

@@ -84,9 +84,6 @@ class Replay:
         """Whether a batch can be drawn: some stream holds at least `batch_length` steps."""
         return bool((self._stored >= self.config.batch_length).any())
 
-    def can_sample(self) -> bool:
-        return self.ready
-
     def stats(self) -> dict:
         """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and chunk counts."""
         allocated = sum(a.nbytes for a in self._data.values())

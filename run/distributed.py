@@ -18,7 +18,9 @@ Counters are global: `run.steps` is the total over all ranks and envs, and each 
 average, as in a single process (see the README for the trade-offs).
 
 Without torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) nothing here touches
-torch.distributed and a run is exactly a single-process run.
+torch.distributed: the world is one process, whose collective operations are no-ops (`any` returns its
+flags, `sum` its value, `all_gather` its input, `average_grads` the loss, ...). So the loop and the
+agent take the same calls in one process as across ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import hashlib
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -42,7 +44,8 @@ class DistributedError(RuntimeError):
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the training processes; a single process is `World()`."""
+    """This process's place among the training processes; a single process is `World()`, whose
+    collective operations leave their inputs as they are."""
 
     rank: int = 0
     size: int = 1
@@ -64,8 +67,10 @@ class World:
 
         Parameters without a gradient are skipped (the same ones on every rank: the graph is the same).
         A non-finite gradient on any rank makes the average non-finite on every rank, so all ranks skip
-        that update together. Returns the averaged loss (detached).
+        that update together. Returns the averaged loss (detached); one process: `loss` as it is.
         """
+        if not self.distributed:
+            return loss
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([loss.detach().float().reshape(1), *(g.reshape(-1) for g in grads)])
         dist.all_reduce(flat)
@@ -78,6 +83,8 @@ class World:
 
     def all_gather(self, x: Tensor) -> Tensor:
         """Concatenate `x` (the same shape on every rank) from all ranks along dim 0, in rank order."""
+        if not self.distributed:
+            return x
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(self.size)]
         dist.all_gather(parts, x)
@@ -87,26 +94,57 @@ class World:
 
     def broadcast_modules(self, *modules: nn.Module) -> None:
         """Give every rank rank 0's parameters and buffers (fresh weights differ by seed)."""
+        if not self.distributed:
+            return
         for module in modules:
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
     def any(self, flags: list[bool], device: torch.device) -> list[bool]:
         """Element-wise OR of boolean flags over all ranks (decisions every rank must take together)."""
+        if not self.distributed:
+            return list(flags)
         t = torch.tensor(flags, dtype=torch.int32, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
     def sum(self, value: float, device: torch.device) -> float:
+        """`value` summed over all ranks."""
+        if not self.distributed:
+            return value
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t.item())
 
     def gather_object(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` (picklable, tensors on the CPU) on rank 0 in rank order; None elsewhere."""
+        if not self.distributed:
+            return [obj]
         out = [None] * self.size if self.is_main else None
         dist.gather_object(obj, out, dst=0)
         return out
+
+    # --- what the checkpoint needs ----------------------------------------------------------------
+
+    def gather_ranks(self, state: dict, own: Callable[[dict], dict]) -> dict | None:
+        """The group's checkpoint on rank 0 (None on the other ranks): `state`, whose entries are the same
+        on every rank except those in `own(state)`, plus every rank's `own(state)` (its own part, with the
+        sha256 of its weights under `weights_sha256`) under "ranks", after checking that all ranks hold
+        the same weights. One process: `state` as it is."""
+        if not self.distributed:
+            return state
+        ranks = self.gather_object(own(state))
+        if ranks is None:
+            return None
+        check_replicas(ranks)
+        return {**state, "world_size": self.size, "ranks": ranks}
+
+    def own_state(self, state: dict) -> dict:
+        """This rank's view of a checkpoint written by `gather_ranks`: its own part over the shared state.
+        One process: `state` as it is."""
+        if not self.distributed:
+            return state
+        return {**state, **state["ranks"][self.rank]}
 
     def barrier(self) -> None:
         if self.distributed:
@@ -117,6 +155,13 @@ class World:
         connections down while a peer still uses them makes that peer abort."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_replicas(ranks: list[dict]) -> None:
+    """All ranks must hold the same weights; a difference means the replicas diverged."""
+    prints = [r["weights_sha256"] for r in ranks]
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"data-parallel ranks hold different weights (sha256 per rank: {prints})")
 
 
 def init_world(backend: str = "auto", device: str = "auto") -> World:

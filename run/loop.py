@@ -24,15 +24,14 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from configs.schema import RunConfig
+from evaluation.policy import collect_episodes, policy_summary
 from run.checkpoint import Checkpointer
 from run.distributed import World, fingerprint, to_cpu
 from run.driver import Driver, random_policy
-from run.eval_policy import collect_episodes, policy_summary
 from run.logger import Logger
 from run.schedule import Clock, Every, Ratio
 from run.seeding import generator_state, rng_state, set_generator_state, set_rng_state
 from run.stop import StopFlag
-from world_model.rssm import RSSMState
 
 
 class NonFiniteError(RuntimeError):
@@ -43,8 +42,8 @@ class Parts(NamedTuple):
     """What the loop drives; built by train.py's factories (tests swap any of them)."""
 
     env: Any  # VecEnv: obs_space, act_space, num_envs, reset(), step(action), close()
-    replay: Any  # Replay: add, sample_torch, can_sample, __len__, stats, flush, state_dict
-    agent: Any  # Agent: policy, train, report, state_dict, device
+    replay: Any  # Replay: add, sample_torch, ready, __len__, stats, flush, state_dict
+    agent: Any  # Agent: policy, train, report, carry_state, load_carry, state_dict, device
     logger: Logger
     checkpointer: Checkpointer
     eval_env: Any = None  # a VecEnv with its own seeds, or None when run.eval_every is 0
@@ -63,11 +62,11 @@ class Counters:
 RANK_KEYS = ("replay", "loop", "rng")
 
 
-def check_replicas(ranks: list[dict]) -> None:
-    """All ranks must hold the same weights; a difference means the replicas diverged."""
-    prints = [r["weights_sha256"] for r in ranks]
-    if len(set(prints)) > 1:
-        raise RuntimeError(f"data-parallel ranks hold different weights (sha256 per rank: {prints})")
+def rank_part(state: dict) -> dict:
+    """A data-parallel rank's own part of a checkpoint (on the CPU) and the sha256 of its weights."""
+    own = {key: to_cpu(state[key]) for key in RANK_KEYS}
+    own["weights_sha256"] = fingerprint(state["agent"]["world_model"], state["agent"]["actor_critic"])
+    return own
 
 
 class EpisodeRecorder:
@@ -119,7 +118,7 @@ class Loop:
         self.env, self.replay, self.agent, self.logger = parts.env, parts.replay, parts.agent, parts.logger
         self.action_repeat = action_repeat
         self.counters = Counters()
-        self.train_state: RSSMState | None = None  # the training carry: the last posterior of a batch
+        self.train_state: Any = None  # the agent's training carry between batches (opaque; None at first)
         self.saved_step: int | None = None
         self.rng = np.random.default_rng(seed)  # actions of the random prefill policy
         self.ratio = Ratio(updates_per_step)
@@ -145,7 +144,7 @@ class Loop:
         while self.counters.step < self.config.steps and not stop.requested:
             prefilling = self.counters.step < self.config.prefill
             self.driver(explore if prefilling else policy, steps=1)
-            if not prefilling and self.replay.can_sample():
+            if not prefilling and self.replay.ready:
                 self.train_updates(self.ratio(self.env.num_envs * self.world.size))
             if self.should_video(self.counters.step):
                 self.report()
@@ -157,9 +156,7 @@ class Loop:
             if self.should_save_steps(self.counters.step) or save_time:
                 self.save()
             self.logger.progress(self.counters.step, self.config.steps)
-        pending = self.logger.pending
-        if self.world.distributed:
-            (pending,) = self.world.any([pending], self.agent.device)
+        (pending,) = self.world.any([self.logger.pending], self.agent.device)
         if pending:
             self.write_logs()
         if self.saved_step != self.counters.step:
@@ -171,8 +168,6 @@ class Loop:
         stop request on any rank stops every rank, so all ranks take the same collective steps."""
         main = self.world.is_main
         log, save = main and self.should_log(), main and self.should_save_time()
-        if not self.world.distributed:
-            return log, save
         log, save, stopping = self.world.any([log, save, stop.requested], self.agent.device)
         if stopping and not stop.requested:
             stop.request()
@@ -221,7 +216,7 @@ class Loop:
     def report(self) -> None:
         """Open-loop predictions on a replay batch, and the last recorded policy episode, to the logger."""
         self.recorder.arm()
-        if not self.replay.can_sample():
+        if not self.replay.ready:
             return
         for name, value in self.agent.report(self.replay.sample_torch(self.agent.device)).items():
             value = np.asarray(value)
@@ -251,8 +246,7 @@ class Loop:
         self._speed = (time.monotonic(), self.counters.step, self.counters.updates)
         self.logger.scalars(self.counter_scalars())
         self.logger.scalars({k: float(v) for k, v in self.replay.stats().items()}, prefix="replay/")
-        if self.world.distributed:
-            self._pool_scalars()
+        self._pool_scalars()
         frames = self.recorder.take()
         if frames is not None:
             self.logger.video("policy/episode", frames)
@@ -260,13 +254,11 @@ class Loop:
 
     def counter_scalars(self) -> dict[str, float]:
         c = self.counters
-        episodes = c.episodes
-        if self.world.distributed:  # each rank counts its own episodes; all ranks log the total
-            episodes = self.world.sum(episodes, self.agent.device)
         return {
             "frames": c.step * self.action_repeat,
             "updates": c.updates,
-            "episodes": episodes,
+            # Each rank counts its own episodes; all ranks log the total.
+            "episodes": self.world.sum(c.episodes, self.agent.device),
             "nonfinite": c.nonfinite,
         }
 
@@ -288,14 +280,7 @@ class Loop:
         the shared weights and every rank's own state, after checking that all ranks' weights agree.
         """
         self.replay.flush()
-        state = self.state_dict()
-        if self.world.distributed:
-            own = {key: to_cpu(state[key]) for key in RANK_KEYS}
-            own["weights_sha256"] = fingerprint(state["agent"]["world_model"], state["agent"]["actor_critic"])
-            ranks = self.world.gather_object(own)
-            if ranks is not None:
-                check_replicas(ranks)
-                state = {**state, "world_size": self.world.size, "ranks": ranks}
+        state = self.world.gather_ranks(self.state_dict(), rank_part)
         if self.world.is_main:
             self.parts.checkpointer.save(state, self.counters.step)
         self.saved_step = self.counters.step
@@ -319,7 +304,7 @@ class Loop:
             "replay": self.replay.state_dict(),
             "loop": {
                 "counters": asdict(self.counters),
-                "train_state": None if self.train_state is None else self.train_state._asdict(),
+                "train_state": self.agent.carry_state(self.train_state),
                 "ratio": self.ratio.state_dict(),
                 "eval": self.should_eval.state_dict(),
                 "video": self.should_video.state_dict(),
@@ -334,14 +319,12 @@ class Loop:
         A checkpoint of a data-parallel run continues on the same number of ranks (`check_world_size`),
         each rank from its own part.
         """
-        if self.world.distributed:
-            state = {**state, **state["ranks"][self.world.rank]}
+        state = self.world.own_state(state)
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
         loop = state["loop"]
         self.counters = Counters(**loop["counters"])
-        carry = loop["train_state"]
-        self.train_state = None if carry is None else RSSMState(**carry)
+        self.train_state = self.agent.load_carry(loop["train_state"])
         self.ratio.load_state_dict(loop["ratio"])
         self.should_eval.load_state_dict(loop["eval"])
         self.should_video.load_state_dict(loop["video"])

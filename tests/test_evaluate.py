@@ -16,12 +16,14 @@ from gymnasium import spaces
 
 import evaluate
 import train
+from agent import make_agent
 from configs.loader import load_config, save_config, to_yaml
-from run import compare
+from envs import make_vec_env
+from evaluation import compare
+from evaluation.policy import collect_episodes, quotas, summary_stats, t_quantile_975
+from evaluation.world_model import episode_windows, open_loop_errors, valid_after_context
 from run.checkpoint import Checkpointer
 from run.driver import Driver, random_policy
-from run.eval_policy import collect_episodes, quotas, summary_stats, t_quantile_975
-from run.eval_world_model import episode_windows, open_loop_errors, valid_after_context
 
 POSITIONS = 32
 QUIET = {"logger": {"terminal": False, "wandb": {"mode": "disabled"}}}
@@ -102,7 +104,7 @@ def test_quotas_spread_episodes_over_envs():
 
 def test_collect_episodes_keeps_each_envs_quota_and_matches_the_drivers_returns():
     config = ring_config("unused", kwargs={"length": 7})
-    env = train.make_env(config, seed=3, num_envs=3)
+    env = make_vec_env(config.env, seed=3, num_envs=3)
     episodes = collect_episodes(env, random_policy(env.act_space, 3, np.random.default_rng(0)), 5)
     assert [e.env for e in episodes] == [0, 0, 1, 1, 2]
     for e in episodes:
@@ -111,7 +113,7 @@ def test_collect_episodes_keeps_each_envs_quota_and_matches_the_drivers_returns(
         assert e.ret == pytest.approx(float(e.steps["reward"][1:].sum()))
     # The same returns as the driver's own episode accounting, on the same seeds and actions.
     returns = []
-    driver = Driver(train.make_env(config, seed=3, num_envs=3))
+    driver = Driver(make_vec_env(config.env, seed=3, num_envs=3))
     driver.on_episode(lambda stats: returns.append((stats["env"], stats["return"])))
     driver(random_policy(env.act_space, 3, np.random.default_rng(0)), steps=16)
     firsts = {i: [r for j, r in returns if j == i] for i in range(3)}
@@ -148,8 +150,8 @@ def trained_run(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("trained")
     config = ring_config(logdir)
     torch.manual_seed(0)
-    env = train.make_env(config, seed=0, num_envs=4)
-    agent = train.make_agent(config, env.obs_space, env.act_space)
+    env = make_vec_env(config.env, seed=0, num_envs=4)
+    agent = make_agent(config, env.obs_space, env.act_space)
     rng = np.random.default_rng(0)
     episodes = collect_episodes(env, random_policy(env.act_space, 4, rng), 16)
     save_config(config, logdir / "config.yaml")
@@ -157,7 +159,8 @@ def trained_run(tmp_path_factory):
     checkpointer.save({"config": to_yaml(config), "agent": agent.state_dict()}, 0)
     train_world_model(agent, episodes, 120, rng)
     checkpointer.save({"config": to_yaml(config), "agent": agent.state_dict()}, 100)
-    args = ["--logdir", logdir, "--episodes", 4, "--modes", "eval,train", "--context", 4, "--horizon", 8]
+    args = ["--logdir", logdir, "--episodes", 4, "--modes", "eval,train"]
+    args += ["--context", 4, "--openloop-steps", 8]
     assert run_main(*args, "--samples", 8, "--env.eval_num_envs", 2) == 0
     return logdir
 
@@ -208,12 +211,12 @@ def test_open_loop_error_grows_with_the_horizon_for_a_trained_model(trained_run)
 
 def test_open_loop_of_the_trained_model_beats_the_untrained_one(trained_run):
     config = ring_config(trained_run)
-    env = train.make_env(config, seed=77, num_envs=2)
+    env = make_vec_env(config.env, seed=77, num_envs=2)
     episodes = collect_episodes(env, random_policy(env.act_space, 2, np.random.default_rng(1)), 4)
     window = episode_windows(episodes, 12, 64)
     errors = {}
     for step in (0, 100):
-        agent = train.make_agent(config, env.obs_space, env.act_space)
+        agent = make_agent(config, env.obs_space, env.act_space)
         agent.load_state_dict(torch.load(trained_run / "checkpoints" / f"ckpt-{step:09d}.pt")["agent"])
         errors[step] = open_loop_errors(agent.wm, window, 4).mse["vector"]
     assert errors[100][0] < 0.25 * errors[0][0]
@@ -249,7 +252,7 @@ def pixel_run(tmp_path_factory):
 
 def test_pixel_run_writes_videos_with_reconstructions_and_psnr(pixel_run, capsys):
     out = pixel_run / "eval"
-    assert run_main("--logdir", pixel_run, "--episodes", 2, "--videos", 2, "--horizon", 6) == 0
+    assert run_main("--logdir", pixel_run, "--episodes", 2, "--videos", 2, "--openloop-steps", 6) == 0
     videos = sorted((out / "videos").glob("episode_*.gif"))
     assert [v.name for v in videos] == ["episode_0.gif", "episode_1.gif"]
     import imageio.v2 as imageio
@@ -267,9 +270,9 @@ def test_pixel_run_writes_videos_with_reconstructions_and_psnr(pixel_run, capsys
 def test_world_model_on_a_saved_dataset(pixel_run, tmp_path):
     out = tmp_path / "ds"
     args = ["--logdir", pixel_run, "--episodes", 1, "--dataset", pixel_run / "replay", "--batches", 2]
-    assert run_main(*args, "--horizon", 3, "--out", out) == 0
+    assert run_main(*args, "--openloop-steps", 3, "--out", out) == 0
     result = json.loads((out / "world_model.json").read_text())
-    assert result["bound"]["steps"] == 2 * 4 * 8  # batches x debug batch size x (context 5 + horizon 3)
+    assert result["bound"]["steps"] == 2 * 4 * 8  # batches x debug batch size x (context 5 + 3 open loop)
     assert result["open_loop"]["horizon"] == 3
 
 
@@ -311,6 +314,8 @@ def test_bad_options_exit_2(pixel_run, capsys):
     assert "--modes takes eval and/or train" in capsys.readouterr().err
     assert run_main("--logdir", pixel_run, "--env.idd", "x") == 2
     assert "unknown config key 'env.idd'" in capsys.readouterr().err
+    assert run_main("--logdir", pixel_run, "--openloop-steps", 0) == 2
+    assert "--openloop-steps must be >= 1; got 0" in capsys.readouterr().err
 
 
 # --- comparing runs -------------------------------------------------------------------------------------

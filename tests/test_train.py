@@ -121,6 +121,14 @@ class StubAgent:
             out["openloop/image"] = np.zeros((4, 8, 8, 3), np.uint8)
         return out
 
+    @staticmethod
+    def carry_state(carry):
+        return carry
+
+    @staticmethod
+    def load_carry(state):
+        return state
+
     def state_dict(self):
         return {"w": self.w.detach().clone(), "optim": self.optim.state_dict()}
 
@@ -311,10 +319,21 @@ def test_second_invocation_resumes_counters_replay_and_optimizer(tmp_path):
     assert len(loop.parts.replay) == 100
     optim = loop.agent.state_dict()["optim"]
     assert_same(optim, saved["agent"]["optim"])
-    assert loop.agent.update_count == saved["agent"]["update_count"] > 0
+    # Every update the loop counted is one optimizer step the restored optimizer has taken.
+    assert loop.counters.updates == saved["loop"]["counters"]["updates"] > 0
+    assert optimizer_steps(optim) == {loop.counters.updates}
     loop.run(StopFlag())
     loop.parts.logger.close()
     assert loop.counters.step == 140 and [r["step"] for r in rows(logdir)][-1] == 140
+
+
+def optimizer_steps(optim_state: dict) -> set[int]:
+    """The step counts the agent's optimizer states hold (LaProp counts per group, Adam per parameter)."""
+    steps = set()
+    for part in optim_state.values():
+        steps |= {int(group["step"]) for group in part["param_groups"] if "step" in group}
+        steps |= {int(state["step"]) for state in part["state"].values() if "step" in state}
+    return steps
 
 
 def assert_same(a, b):

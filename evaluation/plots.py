@@ -1,4 +1,4 @@
-"""Evaluation plots as PNG files (matplotlib Agg, like run/plots.py).
+"""Evaluation plots as PNG files (matplotlib Agg, like the training plots of run/plots.py).
 
 - `open_loop.png`: open-loop MSE per horizon step per decoded key (PSNR beside it for images).
 - `rate_distortion.png`: rate vs distortion (nats per step) of several checkpoints, labelled by step.
@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from run.eval_world_model import OpenLoop
+from evaluation.world_model import OpenLoop
 from run.plots import save_figure
 
 matplotlib.use("Agg")

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from run.eval_policy import Episode
+from evaluation.policy import Episode
 
 # Floor of a frame's MSE in the PSNR: a perfect prediction reads 100 dB instead of infinity.
 MIN_MSE = 1e-10
