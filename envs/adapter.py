@@ -2,9 +2,9 @@
 `is_terminal` / `is_last` / `is_first`.
 
 A terminated step is both `is_last` and `is_terminal` (no bootstrapping past it); a truncated step is
-only `is_last` (the value bootstraps). Works on scalars (one env) and on `[N]` arrays (a vector env).
+only `is_last` (the value bootstraps). Works on `[N]` arrays (a vector env) and on scalars.
 A first step comes from a reset, which has no reward and no termination: Gymnasium's next-step
-auto-reset gives reward 0 and both flags False there, and so do `Env.reset` and `RestartOnError`.
+auto-reset gives reward 0 and both flags False there, and so do `VecEnv.reset` and `RestartOnError`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Build environments from the `env` config: the wrapper stack, one env, and vector envs.
+"""Build environments from the `env` config: the wrapper stack and the vector envs around it.
 
-`make_gym_env` writes the per-env wrapper stack out once, in order. `make_env` and `make_vec_env`
-put the agent's interface (step dicts, agent-format actions) around it.
+`make_gym_env` writes the per-env wrapper stack out once, in order. `make_vec_env` puts the agent's
+interface (step dicts, agent-format actions) around N of them; a single env is `num_envs=1`.
 
 Evaluation envs: callers build them with `make_vec_env(cfg.env, seed=seed + 10_000,
 num_envs=cfg.env.eval_num_envs)`, so their episodes never repeat the training envs' seeds.
@@ -21,7 +21,6 @@ from gymnasium.wrappers import AddRenderObservation, RepeatAction, TimeLimit
 
 from configs.schema import EnvConfig
 from envs.codec import is_image_space
-from envs.env import Env
 from envs.errors import EnvError
 from envs.vec_env import VecEnv
 from envs.wrappers import GrayscaleImages, ResizeImages, RestartOnError
@@ -157,12 +156,6 @@ def make_gym_env(config: EnvConfig, index: int = 0) -> gym.Env:
     if config.restart_on_error:
         return RestartOnError(partial(_wrap, config), config.id, index)
     return _wrap(config)
-
-
-def make_env(config: EnvConfig, seed: int) -> Env:
-    """One env for the agent: step dicts and agent-format actions (see `envs.env.Env`)."""
-    check_config(config)
-    return Env(make_gym_env(config), seed, config.id)
 
 
 def make_vec_env(

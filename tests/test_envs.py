@@ -12,7 +12,7 @@ import pytest
 from gymnasium import spaces
 
 from configs.loader import load_config
-from envs import EnvError, check_image_size, make_env, make_vec_env
+from envs import EnvError, check_image_size, make_vec_env
 from envs.codec import ActCodec, ObsCodec
 
 
@@ -116,6 +116,21 @@ def env_config(**changes):
     return dataclasses.replace(base, **{"id": "TestCount-v0", "kwargs": {}, **changes})
 
 
+class OneEnv:
+    """A VecEnv of one env seen unbatched: step(action [A]) -> step dict of env 0 (as the tests read it)."""
+
+    def __init__(self, config, seed):
+        self.vec = make_vec_env(config, seed, num_envs=1, parallel=False)
+        self.obs_space, self.act_space = self.vec.obs_space, self.vec.act_space
+        self.gym_env = self.vec.gym_env.envs[0]  # the env inside, wrappers included
+
+    def reset(self):
+        return {k: v[0] for k, v in self.vec.reset().items()}
+
+    def step(self, action):
+        return {k: v[0] for k, v in self.vec.step(np.asarray(action, np.float32)[None]).items()}
+
+
 def run_single(env, steps, action=None):
     action = np.eye(env.act_space.dim, dtype=np.float32)[0] if action is None else action
     return [env.reset()] + [env.step(action) for _ in range(steps)]
@@ -125,7 +140,7 @@ def run_single(env, steps, action=None):
 
 
 def test_termination_sets_last_and_terminal_then_next_step_is_first():
-    env = make_env(env_config(kwargs={"length": 3}), seed=0)
+    env = OneEnv(env_config(kwargs={"length": 3}), seed=0)
     steps = run_single(env, 5)
     assert [bool(s["is_first"]) for s in steps] == [True, False, False, False, True, False]
     assert [bool(s["is_last"]) for s in steps] == [False, False, False, True, False, False]
@@ -136,16 +151,16 @@ def test_termination_sets_last_and_terminal_then_next_step_is_first():
 
 
 def test_truncation_sets_last_only():
-    env = make_env(env_config(kwargs={"length": 3, "terminate": False}), seed=0)
+    env = OneEnv(env_config(kwargs={"length": 3, "terminate": False}), seed=0)
     steps = run_single(env, 4)
     assert [bool(s["is_last"]) for s in steps] == [False, False, False, True, False]
     assert not any(bool(s["is_terminal"]) for s in steps)
 
 
 def test_time_limit_counts_agent_steps_and_replaces_the_registered_limit():
-    registered = make_env(env_config(id="TestCountLimited-v0"), seed=0)
+    registered = OneEnv(env_config(id="TestCountLimited-v0"), seed=0)
     assert [bool(s["is_last"]) for s in run_single(registered, 3)] == [False, False, False, True]
-    env = make_env(env_config(id="TestCountLimited-v0", time_limit=5, action_repeat=2), seed=0)
+    env = OneEnv(env_config(id="TestCountLimited-v0", time_limit=5, action_repeat=2), seed=0)
     steps = run_single(env, 5)
     assert [bool(s["is_last"]) for s in steps] == [False] * 5 + [True]
     assert not steps[-1]["is_terminal"] and steps[-1]["vector"][1] == 10  # 5 agent steps = 10 env steps
@@ -166,7 +181,7 @@ def test_continuous_actions_map_to_bounds_clip_and_round_trip():
 
 
 def test_continuous_action_reaches_the_env_rescaled():
-    env = make_env(env_config(kwargs={"action": "box"}), seed=0)
+    env = OneEnv(env_config(kwargs={"action": "box"}), seed=0)
     env.reset()
     step = env.step(np.array([0.0, -1.0], np.float32))
     np.testing.assert_allclose(env.gym_env.unwrapped.actions[-1], [0.0, 0.0], atol=1e-6)
@@ -176,7 +191,7 @@ def test_continuous_action_reaches_the_env_rescaled():
 
 
 def test_discrete_actions_are_one_hot_with_the_space_start():
-    env = make_env(env_config(), seed=0)
+    env = OneEnv(env_config(), seed=0)
     assert (env.act_space.kind, env.act_space.dim, env.act_space.nvec) == ("discrete", 3, (3,))
     env.reset()
     env.step(np.array([0, 0, 1], np.float32))
@@ -187,7 +202,7 @@ def test_discrete_actions_are_one_hot_with_the_space_start():
 
 
 def test_multidiscrete_actions_are_concatenated_one_hots():
-    env = make_env(env_config(kwargs={"action": "multi"}), seed=0)
+    env = OneEnv(env_config(kwargs={"action": "multi"}), seed=0)
     assert (env.act_space.kind, env.act_space.dim, env.act_space.nvec) == ("multidiscrete", 5, (2, 3))
     env.reset()
     env.step(np.array([0, 1, 0, 0, 1], np.float32))
@@ -198,7 +213,7 @@ def test_multidiscrete_actions_are_concatenated_one_hots():
 
 
 def test_action_repeat_sums_rewards_and_stops_at_the_episode_end():
-    env = make_env(env_config(kwargs={"length": 5}, action_repeat=3), seed=0)
+    env = OneEnv(env_config(kwargs={"length": 5}, action_repeat=3), seed=0)
     steps = run_single(env, 2)
     assert [float(s["reward"]) for s in steps] == [0.0, 1 + 2 + 3, 4 + 5]
     assert bool(steps[2]["is_last"]) and steps[2]["vector"][1] == 5
@@ -209,14 +224,14 @@ def test_action_repeat_sums_rewards_and_stops_at_the_episode_end():
 
 
 def test_dict_observations_keep_their_keys_with_agent_dtypes():
-    env = make_env(env_config(id="TestImageDict-v0"), seed=0)
+    env = OneEnv(env_config(id="TestImageDict-v0"), seed=0)
     assert {k: (s.shape, np.dtype(s.dtype)) for k, s in env.obs_space.items()} == {
         "pos": ((2,), np.float32),
         "cam": ((16, 16, 3), np.uint8),
         "mode": ((3,), np.float32),
         "grid": ((5,), np.float32),
     }
-    step = env.step(np.array([1, 0], np.float32))
+    step = env.reset()
     assert step["mode"].tolist() == [0, 0, 1] and step["grid"].tolist() == [0, 1, 0, 1, 0]
     assert step["pos"].dtype == np.float32 and step["pos"].tolist() == [0.5, 0.0]
     assert step["cam"].dtype == np.uint8 and step["cam"].shape == (16, 16, 3)
@@ -224,14 +239,14 @@ def test_dict_observations_keep_their_keys_with_agent_dtypes():
 
 
 def test_image_resize_and_grayscale():
-    env = make_env(env_config(id="TestImageDict-v0", size=[8, 32], grayscale=True), seed=0)
+    env = OneEnv(env_config(id="TestImageDict-v0", size=[8, 32], grayscale=True), seed=0)
     step = env.reset()
     assert step["cam"].shape == (8, 32, 1) and step["cam"].dtype == np.uint8
     assert (step["cam"] == 76).all()  # 0.299 * 255, ITU-R 601 luma of pure red
 
 
 def test_resize_averages_areas():
-    env = make_env(env_config(obs="pixels", kwargs={"frame": (32, 32)}), seed=0)
+    env = OneEnv(env_config(obs="pixels", kwargs={"frame": (32, 32)}), seed=0)
     frame = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
     from envs.wrappers import ResizeImages
 
@@ -241,11 +256,11 @@ def test_resize_averages_areas():
 
 
 def test_pixels_from_render_alone_or_with_the_state():
-    pixels = make_env(env_config(obs="pixels"), seed=0)
+    pixels = OneEnv(env_config(obs="pixels"), seed=0)
     assert list(pixels.obs_space) == ["image"] and pixels.obs_space["image"].shape == (16, 16, 3)
     steps = run_single(pixels, 2)
     assert [int(s["image"][0, 0, 0]) for s in steps] == [0, 10, 20]  # rendered once per agent step
-    both = make_env(env_config(obs="both", action_repeat=2), seed=0)
+    both = OneEnv(env_config(obs="both", action_repeat=2), seed=0)
     assert set(both.obs_space) == {"vector", "image"}
     step = run_single(both, 1)[-1]
     assert step["vector"][1] == 2 and int(step["image"][0, 0, 0]) == 20
@@ -321,7 +336,7 @@ def test_same_seed_same_episodes_and_env_i_gets_seed_plus_i():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a[0], c[0])
     np.testing.assert_array_equal(a[0, 1], c[0, 0])  # env 1 of seed 5 starts like env 0 of seed 6
-    single = make_env(config, seed=6).reset()["vector"]
+    single = OneEnv(config, seed=6).reset()["vector"]
     np.testing.assert_array_equal(single, c[0, 0])
 
 
@@ -341,7 +356,7 @@ def test_restart_on_error_reports_and_returns_a_first_step(caplog):
 
 def test_without_restart_the_error_propagates():
     FlakyEnv.failures = 1
-    env = make_env(env_config(id="TestFlaky-v0", restart_on_error=False), seed=0)
+    env = OneEnv(env_config(id="TestFlaky-v0", restart_on_error=False), seed=0)
     run_single(env, 2)
     with pytest.raises(RuntimeError, match="simulator crashed"):
         env.step(np.eye(3, dtype=np.float32)[0])
@@ -358,7 +373,7 @@ def one_line(error):
 
 def test_unknown_id_is_one_clear_error_with_a_suggestion():
     with pytest.raises(EnvError) as error:
-        make_env(env_config(id="CartPol-v1"), seed=0)
+        OneEnv(env_config(id="CartPol-v1"), seed=0)
     message = one_line(error)
     assert "'CartPol-v1'" in message and "CartPole-v1" in message and "dmc_<domain>_<task>" in message
 
@@ -379,9 +394,9 @@ def test_unsupported_observation_space(space, words):
     assert words in one_line(error) and "supported:" in one_line(error)
 
 
-def test_unsupported_space_through_make_env_names_the_env():
+def test_unsupported_space_through_make_vec_env_names_the_env():
     with pytest.raises(EnvError) as error:
-        make_env(env_config(id="TestTupleObs-v0"), seed=0)
+        OneEnv(env_config(id="TestTupleObs-v0"), seed=0)
     assert one_line(error).startswith("env 'TestTupleObs-v0': unsupported observation space Tuple(")
 
 
@@ -396,7 +411,7 @@ def test_unsupported_action_spaces():
 @pytest.mark.parametrize("size", [[60, 60], [64, 2], [64, 72], [16, 8], [3], "ab"])
 def test_image_size_the_encoder_cannot_take(size):
     with pytest.raises(EnvError) as error:
-        make_env(env_config(obs="pixels", size=size), seed=0)
+        OneEnv(env_config(obs="pixels", size=size), seed=0)
     assert "env.size" in one_line(error)
 
 
@@ -407,18 +422,14 @@ def test_image_sizes_the_encoder_takes(size):
 
 def test_bad_config_values():
     with pytest.raises(EnvError, match="env.obs 'rgb' is not one of state, pixels, both"):
-        make_env(env_config(obs="rgb"), seed=0)
+        OneEnv(env_config(obs="rgb"), seed=0)
     with pytest.raises(EnvError, match="env.action_repeat must be >= 1"):
-        make_env(env_config(action_repeat=0), seed=0)
+        OneEnv(env_config(action_repeat=0), seed=0)
     with pytest.raises(EnvError, match="num_envs must be >= 1"):
         make_vec_env(env_config(), seed=0, num_envs=0)
 
 
 def test_wrong_action_shape():
-    env = make_env(env_config(), seed=0)
-    env.reset()
-    with pytest.raises(ValueError, match=r"action has shape \(2,\); expected \(dim,\) = \(3,\)"):
-        env.step(np.zeros(2, np.float32))
     vec = make_vec_env(env_config(), seed=0, num_envs=2)
     vec.reset()
     with pytest.raises(ValueError, match=r"action has shape \(3,\); expected \(num_envs, dim\) = \(2, 3\)"):
@@ -427,7 +438,7 @@ def test_wrong_action_shape():
 
 def test_pixels_from_an_env_that_cannot_render():
     with pytest.raises(EnvError) as error:
-        make_env(env_config(id="TestImageDict-v0", obs="pixels"), seed=0)
+        OneEnv(env_config(id="TestImageDict-v0", obs="pixels"), seed=0)
     assert "does not render 'rgb_array'" in one_line(error)
 
 
@@ -437,29 +448,29 @@ def test_pixels_from_an_env_that_cannot_render():
 def test_dmc_state_and_pixels():
     pytest.importorskip("dm_control", reason="the dmc extra is not installed: pip install -e '.[dmc]'")
     config = env_config(id="dmc_cartpole_swingup", obs="both", action_repeat=2)
-    env = make_env(config, seed=1)
+    env = OneEnv(config, seed=1)
     assert set(env.obs_space) == {"position", "velocity", "image"}
     assert env.obs_space["image"].shape == (16, 16, 3) and env.act_space.kind == "continuous"
     steps = run_single(env, 3, np.zeros(1, np.float32))
     assert steps[-1]["image"].dtype == np.uint8 and steps[-1]["image"].std() > 0
-    again = run_single(make_env(config, seed=1), 3, np.zeros(1, np.float32))
+    again = run_single(OneEnv(config, seed=1), 3, np.zeros(1, np.float32))
     np.testing.assert_array_equal(steps[-1]["position"], again[-1]["position"])
-    assert steps[0]["position"].tolist() != run_single(make_env(config, seed=2), 0)[0]["position"].tolist()
+    assert steps[0]["position"].tolist() != run_single(OneEnv(config, seed=2), 0)[0]["position"].tolist()
 
 
 def test_dmc_unknown_task():
     pytest.importorskip("dm_control", reason="the dmc extra is not installed: pip install -e '.[dmc]'")
     with pytest.raises(EnvError, match="unknown DeepMind Control task 'dmc_walker_fly'"):
-        make_env(env_config(id="dmc_walker_fly"), seed=0)
+        OneEnv(env_config(id="dmc_walker_fly"), seed=0)
 
 
 def test_atari_frame_skip_is_the_action_repeat():
     pytest.importorskip("ale_py", reason="the atari extra is not installed: pip install -e '.[atari]'")
-    env = make_env(env_config(id="atari_pong", action_repeat=4, size=[64, 64]), seed=0)
+    env = OneEnv(env_config(id="atari_pong", action_repeat=4, size=[64, 64]), seed=0)
     assert env.obs_space["image"].shape == (64, 64, 3) and env.act_space.dim == 18
     run_single(env, 3)
     assert env.gym_env.unwrapped.ale.getEpisodeFrameNumber() == 12  # 3 agent steps x 4 frames, not 4 x 4
-    gray = make_env(env_config(id="atari_pong", action_repeat=4, grayscale=True, size=[32, 32]), seed=0)
+    gray = OneEnv(env_config(id="atari_pong", action_repeat=4, grayscale=True, size=[32, 32]), seed=0)
     assert gray.reset()["image"].shape == (32, 32, 1)
 
 
@@ -475,9 +486,9 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_suites)
     with pytest.raises(EnvError, match=r"pip install -e '\.\[dmc\]'"):
-        make_env(env_config(id="dmc_walker_walk"), seed=0)
+        OneEnv(env_config(id="dmc_walker_walk"), seed=0)
     with pytest.raises(EnvError, match=r"pip install -e '\.\[atari\]'"):
-        make_env(env_config(id="atari_pong"), seed=0)
+        OneEnv(env_config(id="atari_pong"), seed=0)
 
 
 def test_image_size_check_agrees_with_the_encoder():
