@@ -1,7 +1,8 @@
-"""Load a Config: defaults.yaml, then named presets in order, then dotted command-line overrides.
+"""Load a Config: the schema's defaults, then named presets in order, then dotted command-line overrides.
 
 OmegaConf structured configs do the merging and type checking against `configs/schema.py`; this
-module turns their errors into one clear line (`ConfigError`) and parses the command line.
+module checks keys, string choices and number bounds, turns every error into one clear line
+(`ConfigError`), fills the shared sizes (`fill_shared`) and parses the command line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -18,12 +20,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from configs.schema import Config
+from configs.schema import SHARED, Config
 from util.files import write_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent
-DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PRESETS_FILE = CONFIG_DIR / "presets.yaml"
+# Keys renamed since configs were first saved (old dotted key -> new): the error for an old key in a
+# preset, an override or a saved config.yaml names the new one.
+RENAMED = {"actor_critic.horizon": "actor_critic.discount_horizon"}
 
 
 class ConfigError(ValueError):
@@ -45,8 +49,9 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_keys(tree: dict, source: str, cls: type = Config, prefix: str = "") -> None:
-    """Raise a ConfigError for the first key of `tree` that the schema does not have."""
+def _check_tree(tree: dict, source: str, cls: type = Config, prefix: str = "") -> None:
+    """Raise a ConfigError for the first key of `tree` that the schema does not have, or the first value
+    of a string option (a `Literal` field) that is not one of its choices."""
     hints = typing.get_type_hints(cls)
     for key, value in tree.items():
         full = prefix + str(key)
@@ -55,22 +60,67 @@ def _check_keys(tree: dict, source: str, cls: type = Config, prefix: str = "") -
                 ((sub, value),) = value.items()
                 full += f".{sub}"
             close = difflib.get_close_matches(full, valid_keys(), n=1, cutoff=0.5)
+            close = [RENAMED[full]] if full in RENAMED else close
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{full}' in {source}{hint}")
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' in {source} is a group; got {value!r}")
-            _check_keys(value, source, hints[key], full + ".")
+            _check_tree(value, source, hints[key], full + ".")
+        elif typing.get_origin(hints[key]) is typing.Literal and value not in typing.get_args(hints[key]):
+            choices = ", ".join(typing.get_args(hints[key]))
+            raise ConfigError(f"{full} must be one of {choices}; got {value!r} in {source}")
+
+
+# Bound name -> (how the error message says it, the test a valid value passes).
+BOUNDS = {
+    "ge": (">=", lambda v, limit: v >= limit),
+    "gt": (">", lambda v, limit: v > limit),
+    "le": ("<=", lambda v, limit: v <= limit),
+    "lt": ("<", lambda v, limit: v < limit),
+}
+
+
+def _check_values(node: DictConfig, source: str, cls: type = Config, prefix: str = "") -> None:
+    """Raise a ConfigError for the first number outside its schema bounds or string not matching its
+    pattern (field metadata `bounds` / `pattern`, see `configs.schema.bounded`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value, key = node[f.name], prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            _check_values(value, source, hints[f.name], key + ".")
+        elif "pattern" in f.metadata and not re.fullmatch(f.metadata["pattern"], value):
+            raise ConfigError(f"{key} must match {f.metadata['pattern']}; got {value!r} in {source}")
+        elif value is not None:
+            for bound, limit in f.metadata.get("bounds", {}).items():
+                if not BOUNDS[bound][1](value, limit):
+                    raise ConfigError(f"{key} must be {BOUNDS[bound][0]} {limit}; got {value!r} in {source}")
 
 
 def _merge(cfg: DictConfig, tree: dict, source: str) -> DictConfig:
-    _check_keys(tree, source)
+    """`tree` merged over `cfg`; every value it sets checked (keys, types, choices, bounds)."""
+    _check_tree(tree, source)
     try:
-        return OmegaConf.merge(cfg, tree)
+        cfg = OmegaConf.merge(cfg, tree)
     except ValidationError as e:
         raise ConfigError(_type_message(e, source)) from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: {e.msg if hasattr(e, 'msg') else e}") from None
+    # The config was valid before this merge, so a value out of bounds now came from `tree`.
+    _check_values(cfg, source)
+    return cfg
+
+
+def fill_shared(cfg: DictConfig) -> DictConfig:
+    """Give every sub-config whose shared size is None its group's value, per `configs.schema.SHARED`:
+    e.g. `world_model.encoder.units` None -> `world_model.units`. Values given explicitly are kept."""
+    fills: dict = {}
+    for group, keys in SHARED.items():
+        for key, subs in keys.items():
+            for sub in subs:
+                if cfg[group][sub][key] is None:
+                    fills.setdefault(group, {}).setdefault(sub, {})[key] = cfg[group][key]
+    return OmegaConf.merge(cfg, fills)  # a merge: the structured config itself is read-only
 
 
 def _type_message(e: ValidationError, source: str) -> str:
@@ -139,11 +189,11 @@ def load_config(
     Args:
         preset_names: presets from presets.yaml, applied in this order.
         overrides: a nested dict of values applied last (e.g. from `parse_overrides`).
-        base: a saved `config.yaml` to start from instead of defaults.yaml.
+        base: a saved `config.yaml` merged over the schema's defaults before the presets.
     """
     cfg = OmegaConf.structured(Config)
-    base_path = Path(base) if base else DEFAULTS_FILE
-    cfg = _merge(cfg, _read_yaml(base_path), str(base_path))
+    if base:
+        cfg = _merge(cfg, _read_yaml(Path(base)), str(base))
     available = presets()
     for name in preset_names:
         if name not in available:
@@ -151,10 +201,7 @@ def load_config(
         cfg = _merge(cfg, available[name] or {}, f"preset '{name}'")
     if overrides:
         cfg = _merge(cfg, overrides, "the command line")
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"config keys without a value in {base_path}: {', '.join(missing)}")
-    return OmegaConf.to_object(cfg)
+    return OmegaConf.to_object(fill_shared(cfg))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -180,7 +227,7 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
 
 HELP = """usage: {prog} [--configs PRESET [PRESET ...]] [--logdir DIR] [--GROUP.KEY VALUE ...]
 
-Configuration: configs/defaults.yaml, then the presets in the order given, then the dotted
+Configuration: the defaults of configs/schema.py, then the presets in the order given, then the dotted
 overrides (`--run.steps 300` or `--run.steps=300`). A saved run folder restarts from its config.yaml.
 
 presets: {presets}

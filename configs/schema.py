@@ -1,20 +1,43 @@
-"""The typed configuration tree.
+"""The typed configuration tree, with every default value beside its meaning and its source.
 
-Every field is declared here with its type and its meaning (and its source, where the value comes
-from the reference: DreamerV3, Hafner et al. 2023, arXiv 2301.04104, "v2" = the 2024 code behind the
-published curves, "v1" = the 2023 code). The values live in `configs/defaults.yaml`; presets in
-`configs/presets.yaml` and command-line overrides are merged over them by `configs/loader.py`.
+Sources: DreamerV3, Hafner et al. 2023, arXiv 2301.04104, and its code; "v2" = the 2024 code behind
+the published curves (the defaults here), "v1" = the 2023 code (the `v1` preset). Presets in
+`configs/presets.yaml` and command-line overrides are merged over these defaults by `configs/loader.py`.
 Configs are frozen: nothing writes into them at run time; derived values are computed by functions.
 
-A field added here must also get a value in `defaults.yaml` (a test checks both agree).
+Every string option is a `Literal` type declared once here, with its choices as a tuple constant
+(`LATENTS`, `GRUS`, ...) for code that needs them; numbers carry their simple bounds (`bounded`). The
+loader rejects a value outside either at load time, naming the key, the value and what is allowed.
+
+Shared sizes: an encoder, decoder or head whose `units` (encoder and decoder: also `depth`) is None
+takes its group's value (`world_model.units`, `world_model.depth`, `actor_critic.units`); the loader
+fills them in (`configs.loader.fill_shared`, per `SHARED`), so a loaded Config holds only numbers and a
+size preset names each width once. A sub-config's own value, where one is given, wins.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Dict, List, Literal, get_args
 
-from omegaconf import MISSING
+
+def bounded(
+    default: Any = MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field whose value the loader checks: >= ge, > gt, <= le, < lt (each where given)."""
+    bounds = {name: v for name, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
+
+# --- env ---
+# Which observations the agent sees.
+ObsKind = Literal["state", "pixels", "both"]
+OBS_KINDS: tuple[str, ...] = get_args(ObsKind)
 
 
 @dataclass(frozen=True)
@@ -22,30 +45,30 @@ class EnvConfig:
     """The environment: any Gymnasium id (or a suite name) and the wrapper stack around it."""
 
     # Gymnasium id ("CartPole-v1"), or a suite task: "dmc_walker_walk", "atari_pong".
-    id: str = MISSING
+    id: str = "CartPole-v1"
     # Keyword arguments passed to `gymnasium.make` (or the suite's constructor).
-    kwargs: Dict[str, Any] = MISSING
-    # Which observations the agent sees: "state" (the env's own observation), "pixels" (rendered
-    # rgb_array frames as `image`), or "both".
-    obs: str = MISSING
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    # "state" (the env's own observation), "pixels" (rendered rgb_array frames as `image`), or "both".
+    obs: ObsKind = "state"
     # Image height and width [H, W]; each must be a multiple of 2**k that the encoder reduces to
     # `world_model.encoder.minres` (64x64 in the reference).
-    size: List[int] = MISSING
+    size: List[int] = field(default_factory=lambda: [64, 64])
     # Convert images to one grayscale channel.
-    grayscale: bool = MISSING
-    # Env steps per agent step, rewards summed (DMC: 2, Atari: 4, as in the reference).
-    action_repeat: int = MISSING
+    grayscale: bool = False
+    # Env steps per agent step, rewards summed (DMC: 2, Atari: 4, as in the reference; set by the task
+    # presets).
+    action_repeat: int = bounded(1, ge=1)
     # Episode cap in agent steps; 0 keeps the env's own limit.
-    time_limit: int = MISSING
+    time_limit: int = bounded(0, ge=0)
     # Training environments stepped together.
-    num_envs: int = MISSING
+    num_envs: int = bounded(1, ge=1)
     # Run the training environments in subprocesses (gymnasium AsyncVectorEnv). On 2 cores this is
     # slower for cheap envs; it pays off for expensive ones.
-    parallel: bool = MISSING
+    parallel: bool = False
     # Environments for evaluation episodes (separate from training, distinct seeds).
-    eval_num_envs: int = MISSING
+    eval_num_envs: int = bounded(1, ge=1)
     # Restart an environment that raises during a step (the error is reported) instead of stopping.
-    restart_on_error: bool = MISSING
+    restart_on_error: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,21 +76,21 @@ class ReplayConfig:
     """Sequence replay: FIFO in steps, contiguous B x T samples, chunked to disk."""
 
     # Capacity in steps across all env streams (v2: 5e6).
-    capacity: int = MISSING
-    # Sequences per batch, B (reference: 16).
-    batch_size: int = MISSING
-    # Steps per sequence, T (reference: 64).
-    batch_length: int = MISSING
-    # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform).
-    recency: float = MISSING
+    capacity: int = bounded(5_000_000, ge=1)
+    # Sequences per batch, B (v2: 16).
+    batch_size: int = bounded(16, ge=1)
+    # Steps per sequence, T (v2: 64).
+    batch_length: int = bounded(64, ge=1)
+    # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform, as v2).
+    recency: float = bounded(0.0, ge=0, le=1)
     # Size in steps of the recent window used by `recency`, over all streams (each stream's newest
     # `recent_window // num_streams` steps).
-    recent_window: int = MISSING
+    recent_window: int = bounded(10_000, ge=1)
     # Steps per stream written to disk as one chunk file (compressed npz); at most the steps each
-    # stream holds (`capacity // num_streams`) when saving.
-    chunk_size: int = MISSING
+    # stream holds (`capacity // num_streams`) when saving. (v2 writes chunks of 1024 steps.)
+    chunk_size: int = bounded(1024, ge=1)
     # Write chunks to `<logdir>/replay` and reload them on resume.
-    save: bool = MISSING
+    save: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,47 +98,69 @@ class EncoderConfig:
     """Observation encoder (and, mirrored, the decoder)."""
 
     # Conv channels of the first stage; stages use depth x (2, 3, 4, 4)... up to `minres` (v2).
-    depth: int = MISSING
-    # Hidden units of the vector MLP.
-    units: int = MISSING
+    # None: `world_model.depth`.
+    depth: int | None = bounded(None, ge=1)
+    # Hidden units of the vector MLP. None: `world_model.units`.
+    units: int | None = bounded(None, ge=1)
     # Layers of the vector MLP (v2: 3).
-    layers: int = MISSING
-    # Conv kernel size (v2: 5).
-    kernel: int = MISSING
+    layers: int = bounded(3, ge=0)
+    # Conv kernel size (v2: 5; v1: 4).
+    kernel: int = bounded(5, ge=1)
     # Spatial resolution at which the conv stack stops (v2: 4).
-    minres: int = MISSING
+    minres: int = bounded(4, ge=1)
     # Channel multipliers per conv stage, times `depth` (v2: [2, 3, 4, 4]; v1: [1, 2, 4, 8]).
-    mults: List[int] = MISSING
+    mults: List[int] = field(default_factory=lambda: [2, 3, 4, 4])
     # Halve (double) the resolution with stride-2 convs (transposed convs in the decoder), as the 2023
     # code (v1, kernel 4), instead of stride-1 convs with max-pooling (nearest upsampling) (v2).
-    strided: bool = MISSING
-    # Observation keys matched by these regexes are encoded/decoded; "" matches none.
-    vector_keys: str = MISSING
-    image_keys: str = MISSING
+    strided: bool = False
+    # Observation keys matched by these regexes are encoded/decoded; "" matches none. Default: all.
+    vector_keys: str = ".*"
+    image_keys: str = ".*"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HeadConfig:
-    """An MLP head on the model features."""
+    """An MLP head on the model features; each head below gives its own `layers` and `outscale`."""
 
     # Hidden layers (v2: reward and continue 1, actor and critic 3).
-    layers: int = MISSING
-    # Hidden units.
-    units: int = MISSING
+    layers: int = bounded(ge=0)
+    # Hidden units. None: the group's `units` (`world_model.units` or `actor_critic.units`).
+    units: int | None = bounded(None, ge=1)
     # Scale of the truncated-normal init of the output layer (v2: 0 for reward and value, 0.01 for
-    # the policy).
-    outscale: float = MISSING
+    # the policy, 1 elsewhere).
+    outscale: float = bounded(ge=0)
 
 
 @dataclass(frozen=True)
 class WorldModelLossScales:
     """Weights of the world-model loss terms; keys equal the names of the unreduced [B, T] losses."""
 
-    rec: float = MISSING  # reconstruction of every decoded observation key (v2: 1)
-    rew: float = MISSING  # reward, two-hot (v2: 1)
-    con: float = MISSING  # continuation, Bernoulli (v2: 1)
-    dyn: float = MISSING  # KL[sg(q) || p], trains the prior (v2: 1.0, v1: 0.5)
-    rep: float = MISSING  # KL[q || sg(p)], trains the posterior (v2: 0.1, v1: 0.1)
+    rec: float = bounded(1.0, ge=0)  # reconstruction of every decoded observation key (v2: 1)
+    rew: float = bounded(1.0, ge=0)  # reward, two-hot (v2: 1)
+    con: float = bounded(1.0, ge=0)  # continuation, Bernoulli (v2: 1)
+    dyn: float = bounded(1.0, ge=0)  # KL[sg(q) || p], trains the prior (v2: 1.0, v1: 0.5)
+    rep: float = bounded(0.1, ge=0)  # KL[q || sg(p)], trains the posterior (v2: 0.1, v1: 0.1)
+
+
+# --- world model ---
+# Latent kind: one-hot categoricals (v2) or a diagonal Gaussian (reparameterized).
+Latent = Literal["categorical", "gaussian"]
+LATENTS: tuple[str, ...] = get_args(Latent)
+# Recurrent core: block-diagonal GRU (v2) or plain GRU (v1).
+Gru = Literal["block", "plain"]
+GRUS: tuple[str, ...] = get_args(Gru)
+# Inputs of the recurrence (see `WorldModelConfig.dyn_inputs`).
+DynInputs = Literal["separate", "joint"]
+DYN_INPUTS: tuple[str, ...] = get_args(DynInputs)
+# Initial recurrent state at `is_first`.
+Initial = Literal["zeros", "learned"]
+INITIALS: tuple[str, ...] = get_args(Initial)
+# Normalization layers: RMSNorm (v2) or LayerNorm (v1).
+NormKind = Literal["rms", "layer"]
+NORM_KINDS: tuple[str, ...] = get_args(NormKind)
+# Two-hot reward bins: symexp-spaced values (v2) or linear in symlog space (v1).
+RewardBins = Literal["symexp", "symlog"]
+REWARD_BINS: tuple[str, ...] = get_args(RewardBins)
 
 
 @dataclass(frozen=True)
@@ -123,50 +168,59 @@ class WorldModelConfig:
     """The RSSM, encoder, decoder and heads, trained by the sequential ELBO."""
 
     # Size of the deterministic state h (v2 size12m: 2048).
-    deter: int = MISSING
+    deter: int = bounded(2048, ge=1)
     # Hidden units of the RSSM's input, prior and posterior layers (v2 size12m: 256).
-    hidden: int = MISSING
+    hidden: int = bounded(256, ge=1)
     # Stochastic latent groups (v2: 32 throughout).
-    stoch: int = MISSING
+    stoch: int = bounded(32, ge=1)
     # Classes per group for categorical latents (v2 size12m: 16); ignored for gaussian.
-    classes: int = MISSING
+    classes: int = bounded(16, ge=1)
     # "categorical" (v2) or "gaussian" (diagonal Normal, reparameterized).
-    latent: str = MISSING
+    latent: Latent = "categorical"
     # Uniform mixture on categorical probabilities (v2: 0.01).
-    unimix: float = MISSING
+    unimix: float = bounded(0.01, ge=0, le=1)
     # Lower bound on the Gaussian latent std, added after softplus.
-    min_std: float = MISSING
+    min_std: float = bounded(0.1, ge=0)
     # "block" (block-diagonal GRU, v2) or "plain" (v1).
-    gru: str = MISSING
-    # Blocks of the block GRU (v2: 8).
-    blocks: int = MISSING
+    gru: Gru = "block"
+    # Blocks of the block GRU (v2: 8); `deter` must be a multiple of it.
+    blocks: int = bounded(8, ge=1)
     # Inputs of the recurrence: "separate" embeds deter, stoch and action each by Linear -> norm -> SiLU
     # (v2 `dynin`); "joint" embeds [stoch, action] by one such layer and the GRU sees [h, x] (v1 `img_in`).
-    dyn_inputs: str = MISSING
+    dyn_inputs: DynInputs = "separate"
     # "zeros" (v2) or "learned" (v1) initial state, used at `is_first`.
-    initial: str = MISSING
-    # Hidden layers of the prior p(z|h) (v2: 2) and the posterior q(z|h,e) (v2: 1).
-    prior_layers: int = MISSING
-    post_layers: int = MISSING
+    initial: Initial = "zeros"
+    # Hidden layers of the prior p(z|h) (v2: 2; v1: 1) and the posterior q(z|h,e) (v2: 1).
+    prior_layers: int = bounded(2, ge=0)
+    post_layers: int = bounded(1, ge=1)
     # "rms" (v2) or "layer" (v1).
-    norm: str = MISSING
+    norm: NormKind = "rms"
     # Free bits in nats on the per-step KL summed over groups (v2: 1.0).
-    free_nats: float = MISSING
-    # Continuation target `(1 - is_terminal) * (1 - 1/horizon)` (v2) or `1 - is_terminal` (v1).
-    cont_discount: bool = MISSING
+    free_nats: float = bounded(1.0, ge=0)
+    # Continuation target `(1 - is_terminal) * (1 - 1/discount_horizon)` (v2) or `1 - is_terminal` (v1).
+    cont_discount: bool = True
     # Reward bins: "symexp" (255 symexp-spaced, v2) or "symlog" (linear in symlog space, v1).
-    reward_bins: str = MISSING
+    reward_bins: RewardBins = "symexp"
     # Number of two-hot bins (v2: 255).
-    bins: int = MISSING
+    bins: int = bounded(255, ge=2)
     # Observation std of the Gaussian decoder likelihood used for the reported distortion, in the
     # decoder's output space (symlog for vectors, [0, 1] for images). The training loss is the
     # reference's MSE, which equals this NLL up to a constant when the std is 1/sqrt(2): that default
     # makes the reported ELBO the bound of exactly the model being trained.
-    obs_std: float = MISSING
+    obs_std: float = bounded(0.5**0.5, gt=0)
+    # Hidden units of the encoder's and decoder's vector MLPs and of the reward and continue heads,
+    # where they give none of their own (v2 size12m: 256, the reference's `.*\.units`).
+    units: int = bounded(256, ge=1)
+    # Conv channels of the encoder's and decoder's first stage, where they give none of their own
+    # (v2 size12m: 16, the reference's `.*\.depth`).
+    depth: int = bounded(16, ge=1)
+    # Encoder and decoder: vector MLP of 3 layers, conv stages of kernel 5 with max-pooling (v2).
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: EncoderConfig = field(default_factory=EncoderConfig)
-    reward_head: HeadConfig = field(default_factory=HeadConfig)
-    cont_head: HeadConfig = field(default_factory=HeadConfig)
+    # Reward head: 1 hidden layer, zero-initialized output, so predictions start at exactly 0 (v2).
+    reward_head: HeadConfig = field(default_factory=lambda: HeadConfig(layers=1, outscale=0.0))
+    # Continue head: 1 hidden layer, the default output init (v2).
+    cont_head: HeadConfig = field(default_factory=lambda: HeadConfig(layers=1, outscale=1.0))
     loss_scales: WorldModelLossScales = field(default_factory=WorldModelLossScales)
 
 
@@ -174,9 +228,15 @@ class WorldModelConfig:
 class AgentLossScales:
     """Weights of the actor-critic loss terms."""
 
-    policy: float = MISSING  # REINFORCE actor loss (v2: 1)
-    value: float = MISSING  # critic on imagined lambda-returns (v2: 1)
-    repval: float = MISSING  # critic on replayed sequences (v2: 0.3)
+    policy: float = bounded(1.0, ge=0)  # REINFORCE actor loss (v2: 1)
+    value: float = bounded(1.0, ge=0)  # critic on imagined lambda-returns (v2: 1)
+    repval: float = bounded(0.3, ge=0)  # critic on replayed sequences (v2: 0.3; v1: none, 0)
+
+
+# --- actor-critic ---
+# Policy gradient for continuous actions: REINFORCE (v2) or backpropagation through the dynamics (v1).
+ActorGrad = Literal["reinforce", "dynamics"]
+GRADS: tuple[str, ...] = get_args(ActorGrad)
 
 
 @dataclass(frozen=True)
@@ -184,34 +244,44 @@ class ActorCriticConfig:
     """Actor and critic learned in imagination."""
 
     # Imagined steps per rollout, H (v2: 15).
-    imag_horizon: int = MISSING
-    # Discount horizon: gamma = 1 - 1/horizon (v2: 333, gamma 0.997).
-    horizon: int = MISSING
+    imag_horizon: int = bounded(15, ge=1)
+    # Discount horizon: gamma = 1 - 1/discount_horizon (v2: 333, gamma 0.997).
+    discount_horizon: int = bounded(333, ge=1)
     # Lambda of the lambda-return (v2: 0.95).
-    return_lambda: float = MISSING
+    return_lambda: float = bounded(0.95, ge=0, le=1)
     # Entropy regularizer (v2: 3e-4).
-    entropy: float = MISSING
+    entropy: float = bounded(3e-4, ge=0)
     # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option).
-    grad: str = MISSING
+    grad: ActorGrad = "reinforce"
     # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
-    unimix: float = MISSING
+    unimix: float = bounded(0.01, ge=0, le=1)
     # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
-    repval_grad: bool = MISSING
+    repval_grad: bool = True
     # Continuous policy std range: std = (max - min) * sigmoid(x + 2) + min (v2: 0.1, 1.0).
-    min_std: float = MISSING
-    max_std: float = MISSING
+    min_std: float = bounded(0.1, ge=0)
+    max_std: float = bounded(1.0, ge=0)
     # Slow critic EMA rate per update (v2: 0.02) and the weight of its regularizer (v2: 1.0).
-    slow_rate: float = MISSING
-    slow_reg: float = MISSING
+    slow_rate: float = bounded(0.02, ge=0, le=1)
+    slow_reg: float = bounded(1.0, ge=0)
     # Return normalization: EMA decay of the percentiles (v2: 0.99), percentiles (5, 95), and the
     # floor of the scale, S = max(limit, P95 - P5) (v2: 1.0).
-    retnorm_decay: float = MISSING
-    retnorm_low: float = MISSING
-    retnorm_high: float = MISSING
-    retnorm_limit: float = MISSING
-    actor: HeadConfig = field(default_factory=HeadConfig)
-    critic: HeadConfig = field(default_factory=HeadConfig)
+    retnorm_decay: float = bounded(0.99, ge=0, lt=1)
+    retnorm_low: float = bounded(5.0, ge=0, le=100)
+    retnorm_high: float = bounded(95.0, ge=0, le=100)
+    retnorm_limit: float = bounded(1.0, ge=0)
+    # Hidden units of the actor and critic, where they give none of their own (v2 size12m: 256).
+    units: int = bounded(256, ge=1)
+    # Actor: 3 hidden layers, output init scaled by 0.01 (v2).
+    actor: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.01))
+    # Critic: 3 hidden layers, zero-initialized output (v2).
+    critic: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.0))
     loss_scales: AgentLossScales = field(default_factory=AgentLossScales)
+
+
+# --- optimizer ---
+# One LaProp over all modules (v2) or Adam per module (v1).
+OptimKind = Literal["laprop", "adam"]
+OPTIM_KINDS: tuple[str, ...] = get_args(OptimKind)
 
 
 @dataclass(frozen=True)
@@ -219,22 +289,34 @@ class OptimConfig:
     """Optimizers: one LaProp over all modules (v2) or Adam per module (v1)."""
 
     # "laprop" (v2) or "adam" (v1, per module with the *_lr / *_eps / *_clip fields below).
-    kind: str = MISSING
+    kind: OptimKind = "laprop"
     # LaProp (v2): lr 4e-5, eps 1e-20, betas (0.9, 0.999), adaptive gradient clipping 0.3.
-    lr: float = MISSING
-    eps: float = MISSING
-    beta1: float = MISSING
-    beta2: float = MISSING
-    agc: float = MISSING
+    lr: float = bounded(4e-5, ge=0)
+    eps: float = bounded(1e-20, ge=0)
+    beta1: float = bounded(0.9, ge=0, lt=1)
+    beta2: float = bounded(0.999, ge=0, lt=1)
+    agc: float = bounded(0.3, ge=0)
     # Linear learning-rate warm-up in updates (v2: 1000).
-    warmup: int = MISSING
+    warmup: int = bounded(1000, ge=0)
     # Adam per module (v1): world model lr 1e-4 eps 1e-8 clip 1000; actor and critic 3e-5, 1e-5, 100.
-    model_lr: float = MISSING
-    model_eps: float = MISSING
-    model_clip: float = MISSING
-    ac_lr: float = MISSING
-    ac_eps: float = MISSING
-    ac_clip: float = MISSING
+    model_lr: float = bounded(1e-4, ge=0)
+    model_eps: float = bounded(1e-8, ge=0)
+    model_clip: float = bounded(1000.0, ge=0)
+    ac_lr: float = bounded(3e-5, ge=0)
+    ac_eps: float = bounded(1e-5, ge=0)
+    ac_clip: float = bounded(100.0, ge=0)
+
+
+# --- run ---
+# Device: "auto" (cuda when available), "cpu", "cuda" or "cuda:<n>"; a regular expression, not a
+# Literal, because of the device index.
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
+# Autocast precision of the model forward passes.
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# torch.distributed backend: "auto" picks nccl on CUDA, gloo on the CPU.
+DistBackend = Literal["auto", "nccl", "gloo"]
+DIST_BACKENDS: tuple[str, ...] = get_args(DistBackend)
 
 
 @dataclass(frozen=True)
@@ -242,42 +324,51 @@ class RunConfig:
     """The training loop: budget, schedules, checkpoints, numerics."""
 
     # Policy steps to collect in total (env frames = steps x action_repeat).
-    steps: int = MISSING
+    steps: int = bounded(100_000, ge=0)
     # Replayed steps per policy step: updates per policy step = train_ratio / (B x T) (v2: 32;
     # DMC 512, Atari100k 256 as in the published curves).
-    train_ratio: float = MISSING
+    train_ratio: float = bounded(32.0, ge=0)
     # Policy steps collected with uniform random actions before training begins.
-    prefill: int = MISSING
+    prefill: int = bounded(1024, ge=0)
     # Seconds between log lines / metric writes.
-    log_every: float = MISSING
+    log_every: float = bounded(10.0, ge=0)
     # Seconds between checkpoints; `save_every_steps` > 0 saves on a step schedule instead.
-    save_every: float = MISSING
-    save_every_steps: int = MISSING
+    save_every: float = bounded(600.0, ge=0)
+    save_every_steps: int = bounded(0, ge=0)
     # Checkpoints kept on disk (oldest removed first).
-    keep_checkpoints: int = MISSING
+    keep_checkpoints: int = bounded(3, ge=1)
     # Policy steps between evaluations (0: never) and episodes per evaluation.
-    eval_every: int = MISSING
-    eval_episodes: int = MISSING
+    eval_every: int = bounded(10_000, ge=0)
+    eval_episodes: int = bounded(10, ge=1)
     # Policy steps between video reports (open-loop prediction, policy episode); 0: never.
-    video_every: int = MISSING
+    video_every: int = bounded(0, ge=0)
     # Initialize weights from this checkpoint file ("" for none).
-    from_checkpoint: str = MISSING
+    from_checkpoint: str = ""
     # Stop after this many consecutive updates with a non-finite loss or gradient.
-    max_nonfinite: int = MISSING
-    # "cpu", "cuda", "cuda:1" or "auto" (cuda when available).
-    device: str = MISSING
+    max_nonfinite: int = bounded(10, ge=0)
+    # "cpu", "cuda", "cuda:1" or "auto" (cuda when available); must match DEVICE_PATTERN.
+    device: str = field(default="auto", metadata={"pattern": DEVICE_PATTERN})
     # torch threads on CPU (0: leave torch's choice).
-    threads: int = MISSING
+    threads: int = bounded(0, ge=0)
     # Keep large freed CPU blocks mapped for reuse instead of unmapping them (glibc): every big
     # temporary of an update is otherwise page-faulted in anew. The process keeps its peak heap.
-    keep_freed_memory: bool = MISSING
+    keep_freed_memory: bool = True
     # "float32" or "bfloat16" autocast for the model forward passes.
-    precision: str = MISSING
+    precision: Precision = "float32"
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
     # continue heads); where compilation fails they run eagerly. Costs ~30 s of compilation at the start.
-    compile: bool = MISSING
+    compile: bool = False
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
-    dist_backend: str = MISSING
+    dist_backend: DistBackend = "auto"
+
+
+# --- logger ---
+# Weights & Biases mode.
+WandbMode = Literal["online", "offline", "disabled"]
+WANDB_MODES: tuple[str, ...] = get_args(WandbMode)
+# Video file format: H.264 mp4 (through imageio-ffmpeg) or gif.
+VideoFormat = Literal["mp4", "gif"]
+VIDEO_FORMATS: tuple[str, ...] = get_args(VideoFormat)
 
 
 @dataclass(frozen=True)
@@ -285,13 +376,14 @@ class WandbConfig:
     """Weights & Biases tracking; offline by default so no account is needed."""
 
     # "online", "offline" or "disabled".
-    mode: str = MISSING
-    project: str = MISSING
-    entity: str = MISSING
-    group: str = MISSING
-    tags: List[str] = MISSING
+    mode: WandbMode = "offline"
+    project: str = "dreamer"
+    # Team or user ("" lets wandb choose), run group and tags.
+    entity: str = ""
+    group: str = ""
+    tags: List[str] = field(default_factory=list)
     # Run name ("" lets wandb choose).
-    name: str = MISSING
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -299,13 +391,13 @@ class LoggerConfig:
     """Where metrics go: terminal and `metrics.jsonl` always, TensorBoard and wandb by choice."""
 
     # Print a compact line per log interval and a progress bar.
-    terminal: bool = MISSING
-    tensorboard: bool = MISSING
+    terminal: bool = True
+    tensorboard: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # Frames per second of written videos.
-    fps: int = MISSING
+    fps: int = bounded(15, ge=1)
     # File format of written videos: "mp4" (H.264 through imageio-ffmpeg) or "gif".
-    video_format: str = MISSING
+    video_format: VideoFormat = "mp4"
 
 
 @dataclass(frozen=True)
@@ -313,9 +405,9 @@ class Config:
     """The root: reaches only train.py, evaluate.py and the factories that build the parts."""
 
     # Run folder: config.yaml, metrics.jsonl, checkpoints/, replay/, videos/, plots/.
-    logdir: str = MISSING
+    logdir: str = "runs/default"
     # Seed of python, numpy, torch and the environments.
-    seed: int = MISSING
+    seed: int = 0
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
@@ -323,3 +415,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# Shared sizes: group -> shared key -> the sub-configs whose None value takes the group's value.
+SHARED: dict[str, dict[str, tuple[str, ...]]] = {
+    "world_model": {
+        "units": ("encoder", "decoder", "reward_head", "cont_head"),
+        "depth": ("encoder", "decoder"),
+    },
+    "actor_critic": {"units": ("actor", "critic")},
+}

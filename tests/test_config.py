@@ -1,25 +1,25 @@
-"""The config tree: merge order, type and key errors, frozen configs, save -> load round trip."""
+"""The config tree: merge order, key, type, choice and bound errors, shared sizes, frozen configs, save ->
+load round trip."""
 
 import dataclasses
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
-import yaml
+from omegaconf import OmegaConf
 
+from configs import schema
 from configs.loader import (
-    DEFAULTS_FILE,
     ConfigError,
+    _check_values,
     load_config,
     parse_cli,
     parse_overrides,
     presets,
     save_config,
-    valid_keys,
 )
-from configs.schema import Config
+from configs.schema import SHARED, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,27 +111,26 @@ def test_saved_config_loads_back_equal(tmp_path):
     assert parse_cli(["--logdir", str(tmp_path)]) == cfg
 
 
-def test_every_schema_field_has_a_default_and_no_default_is_unknown():
-    tree = yaml.safe_load(DEFAULTS_FILE.read_text())
-
-    def leaves(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict) and k != "kwargs":
-                yield from leaves(v, f"{prefix}{k}.")
-            else:
-                yield prefix + k
-
-    schema_leaves = {k for k in valid_keys() if k not in _groups()}
-    assert set(leaves(tree)) == schema_leaves
+def test_every_schema_field_has_a_valid_default():
+    # The defaults live in the schema: the bare Config is complete, within its bounds and choices.
+    defaults = OmegaConf.structured(Config)
+    assert not OmegaConf.missing_keys(defaults)
+    _check_values(defaults, "the schema")
+    assert OmegaConf.to_object(defaults) == Config()
 
 
-def _groups(cls=Config, prefix=""):
-    out = set()
-    for name, hint in typing.get_type_hints(cls).items():
-        if dataclasses.is_dataclass(hint):
-            out.add(prefix + name)
-            out |= _groups(hint, prefix + name + ".")
-    return out
+def test_shared_sizes_fill_every_sub_config_and_an_own_value_wins():
+    for name in [None, *presets()]:
+        cfg = load_config([name] if name else [])
+        for group, keys in SHARED.items():
+            for key, subs in keys.items():
+                for sub in subs:
+                    value = getattr(getattr(getattr(cfg, group), sub), key)
+                    assert value == getattr(getattr(cfg, group), key), (name, group, sub, key)
+    cfg = load_config(["size1m"], {"world_model": {"reward_head": {"units": 32}}})
+    assert cfg.world_model.reward_head.units == 32 and cfg.world_model.cont_head.units == 64
+    # A later preset's shared value reaches every sub-config, as the per-head values used to.
+    assert load_config(["small", "size50m"]).actor_critic.critic.units == 512
 
 
 def test_every_preset_loads():
@@ -145,6 +144,8 @@ def test_every_preset_loads():
         (["--configs", "debug", "--nosuch.key", "1"], "nosuch.key"),
         (["--configs", "nosuch"], "available: "),
         (["--run.steps", "abc"], "run.steps"),
+        (["--configs", "debug", "--world_model.norm", "batch"], "world_model.norm must be one of rms, layer"),
+        (["--configs", "debug", "--replay.batch_size", "0"], "replay.batch_size must be >= 1; got 0"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(args, needle):
@@ -160,3 +161,58 @@ def test_help_lists_presets_and_groups():
     assert proc.returncode == 0
     for word in ["size12m", "cartpole", "debug", "world_model", "actor_critic", "replay", "run"]:
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (
+            {"world_model": {"latent": "beta"}},
+            "world_model.latent must be one of categorical, gaussian; got 'beta'",
+        ),
+        ({"run": {"precision": "float16"}}, "run.precision must be one of float32, bfloat16; got 'float16'"),
+        ({"optim": {"kind": "sgd"}}, "optim.kind must be one of laprop, adam; got 'sgd'"),
+        ({"env": {"obs": 3}}, "env.obs must be one of state, pixels, both; got 3"),
+        ({"logger": {"wandb": {"mode": "on"}}}, "logger.wandb.mode must be one of online, offline, disabled"),
+        ({"run": {"device": "tpu"}}, r"run.device must match auto\|cpu\|cuda\(:\[0-9\]\+\)\?; got 'tpu'"),
+        ({"replay": {"batch_size": 0}}, "replay.batch_size must be >= 1; got 0 in the command line"),
+        ({"actor_critic": {"imag_horizon": 0}}, "actor_critic.imag_horizon must be >= 1; got 0"),
+        ({"optim": {"lr": -1e-4}}, "optim.lr must be >= 0; got -0.0001"),
+        ({"optim": {"beta2": 1.0}}, "optim.beta2 must be < 1; got 1.0"),
+        ({"world_model": {"obs_std": 0.0}}, "world_model.obs_std must be > 0; got 0.0"),
+        ({"replay": {"recency": 1.5}}, "replay.recency must be <= 1; got 1.5"),
+    ],
+)
+def test_bad_choice_or_number_names_key_value_and_what_is_allowed(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(["debug"], overrides)
+
+
+def test_good_choices_load():
+    cfg = load_config(
+        ["debug"], {"run": {"device": "cuda:1", "precision": "bfloat16"}, "env": {"obs": "both"}}
+    )
+    assert (cfg.run.device, cfg.run.precision, cfg.env.obs) == ("cuda:1", "bfloat16", "both")
+    assert schema.LATENTS == ("categorical", "gaussian") and "rms" in schema.NORM_KINDS
+
+
+def test_a_bad_value_in_a_preset_or_saved_file_names_its_source(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text("world_model: {gru: lstm}\n")
+    message = f"^world_model.gru must be one of block, plain; got 'lstm' in {path}$"
+    with pytest.raises(ConfigError, match=message):
+        load_config(base=path)
+    path.write_text("run: {steps: -3}\n")
+    with pytest.raises(ConfigError, match=f"^run.steps must be >= 0; got -3 in {path}$"):
+        load_config(base=path)
+    monkeypatch.setattr("configs.loader.presets", lambda: {"bad": {"replay": {"chunk_size": 0}}})
+    with pytest.raises(ConfigError, match="^replay.chunk_size must be >= 1; got 0 in preset 'bad'$"):
+        load_config(["bad"])
+
+
+def test_discount_horizon_is_the_key_and_the_old_name_points_to_it():
+    assert load_config().actor_critic.discount_horizon == 333
+    with pytest.raises(
+        ConfigError, match=r"'actor_critic\.horizon'.*did you mean 'actor_critic\.discount_horizon'"
+    ):
+        load_config(overrides={"actor_critic": {"horizon": 100}})
