@@ -41,8 +41,7 @@ class LogdirError(RuntimeError):
 
 def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_size: int = 1) -> Any:
     """The replay (shard) of one rank: `<logdir>/replay`, or `<logdir>/replay/rank<r>` across ranks."""
-    from replay import make_replay as build_replay
-    from replay import step_spec
+    from replay import Replay, step_spec
 
     spec = step_spec(env.obs_space, env.act_space.dim)
     directory = None
@@ -50,8 +49,7 @@ def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_siz
         directory = logdir / "replay" / f"rank{rank}" if world_size > 1 else logdir / "replay"
     capacity = replay_capacity(config, env.num_envs, world_size)
     replay_config = dataclasses.replace(config.replay, capacity=capacity)
-    seed = config.seed + rank
-    return build_replay(replay_config, spec, num_streams=env.num_envs, directory=directory, seed=seed)
+    return Replay(spec, replay_config, env.num_envs, directory, seed=config.seed + rank)
 
 
 def replay_capacity(config: Config, num_envs: int, world_size: int = 1) -> int:

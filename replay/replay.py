@@ -328,17 +328,6 @@ class Replay:
                 f.path.unlink(missing_ok=True)
 
 
-def make_replay(
-    config: ReplayConfig,
-    spec: Mapping[str, ArraySpec],
-    num_streams: int,
-    directory: str | Path | None = None,
-    seed: int = 0,
-) -> Replay:
-    """The replay of a run: chunks in `directory` (the run's `replay/` folder) when `config.save`."""
-    return Replay(spec, config, num_streams, directory, seed)
-
-
 def _check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
     if num_streams < 1:
         raise ValueError(f"replay needs num_streams >= 1, got {num_streams}")

@@ -24,7 +24,7 @@ import torch
 
 from configs.loader import load_config
 from envs.spaces import ArraySpec
-from replay import Replay, load_dataset, make_replay, step_spec
+from replay import Replay, load_dataset, step_spec
 from replay.chunks import list_chunks, write_chunk
 from replay.sampling import recent_counts, sample_windows, window_counts
 
@@ -395,7 +395,7 @@ def test_load_dataset_errors(tmp_path):
 
 
 def test_bad_steps_are_rejected_naming_the_key():
-    replay = make_replay(replay_config(), SPEC, 2)
+    replay = Replay(SPEC, replay_config(), 2)
     step = Streams(2).step()
     with pytest.raises(KeyError, match="reward"):
         replay.add({k: v for k, v in step.items() if k != "reward"})
