@@ -27,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
 def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: ActionSpace) -> Agent:
     """Build the Agent from the root config (the one place in agent/ that sees it).
 
-    The world model's continuation discount is 1 - 1/actor_critic.horizon (computed inside the Agent).
+    The continuation discount 1 - 1/actor_critic.discount_horizon is computed inside the Agent.
     """
     return Agent(
         config.world_model,

@@ -1,11 +1,12 @@
 """Actor and critic learned inside imagined latent rollouts (DreamerV3 "Actor-critic in imagination").
 
-The losses follow the reference's `imag_loss` and `repl_loss` (dreamerv3/agent.py, v2):
+The losses follow the reference's `imag_loss` and `repl_loss` (dreamerv3/agent.py, v2); `Agent.loss`
+imagines the rollouts and calls them:
 
-- Imagination starts from every posterior state of the batch (N = B x T starts) and rolls `imag_horizon`
-  steps with the prior and the actor. Reward r = reward-head mean, continuation c = continue-head
-  probability; weight w_t = prod_{k<=t} (d c_k) / d with d = 1 when the continue target already holds
-  the discount (`world_model.cont_discount`, v2) and d = 1 - 1/horizon otherwise (v1).
+- On a rollout of N starts over H + 1 steps (index 0 the start): reward r = reward-head mean,
+  continuation c = continue-head probability; weight w_t = prod_{k<=t} (d c_k) / d with d = 1 when the
+  continue target already holds the discount (`world_model.cont_discount`, v2) and
+  d = 1 - 1/discount_horizon otherwise (v1).
 - lambda-returns R bootstrap from the online critic (v2 `slowtar: False`), R_H = v_H.
 - policy: -w (log pi(a) sg(A) + eta H[pi]) with A = (R - v) / max(1, P95 - P5) (REINFORCE, v2), or
   -w (R / S + eta H[pi]) with gradients through the imagined dynamics (v1 option, continuous actions).
@@ -19,18 +20,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
-from agent.returns import ReturnScaler, lambda_return
+from agent.returns import RetNorm, RetStats, lambda_return
 from configs.schema import ActorCriticConfig
 from envs.spaces import ActionSpace
 from nets.distributions import LOG_2PI, BoundedNormal, OneHotCategorical, TwoHot
-from nets.layers import MLP, OneHotFeatures
+from nets.layers import MLP
 
 GRADS = ("reinforce", "dynamics")
 
@@ -132,18 +132,16 @@ class Critic(nn.Module):
 class Imagination(NamedTuple):
     """An imagined rollout of N starts over H + 1 steps (index 0 is the start state)."""
 
-    feat: Tensor | OneHotFeatures  # [N, H+1, F] model features
+    feat: Tensor  # [N, H+1, F] model features (nets.onehot.Features when one-hot latents are indices)
     action: Tensor  # [N, H+1, A] the action the actor took at each state
     reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
     cont: Tensor  # [N, H+1] continue-head probability
-    # [N, H+1, P] the actor network's outputs that chose the actions, attached to the actor's weights
-    # (the losses reuse them instead of running the actor again); None: the losses run the actor.
-    policy: Tensor | None = None
 
 
 class ImagLoss(NamedTuple):
     losses: dict[str, Tensor]  # "policy", "value": [N, H]
     ret: Tensor  # [N, H] lambda-returns, detached
+    retstats: RetStats  # the return normalizer's statistics after seeing `ret`
     metrics: dict[str, Tensor]
 
 
@@ -161,7 +159,7 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 class ActorCritic(nn.Module):
-    """Actor, critic, slow critic and return scaler, with the imagination and replay losses.
+    """The behaviour learner's parts: actor, critic, slow critic and return normalizer.
 
     Args:
         feat_size: size F of the world model's features.
@@ -185,11 +183,6 @@ class ActorCritic(nn.Module):
         super().__init__()
         if config.grad not in GRADS:
             raise ValueError(f"actor_critic.grad must be one of {GRADS}, got {config.grad!r}")
-        if config.imag_horizon < 1 or config.horizon < 1:
-            raise ValueError(
-                "actor_critic.imag_horizon and horizon must be >= 1, got "
-                f"{config.imag_horizon}, {config.horizon}"
-            )
         self.config, self.act_space = config, act_space
         # `grad` chooses the gradient for continuous actions; discrete ones always use REINFORCE (as
         # the reference's `actor_grad_disc`).
@@ -197,43 +190,16 @@ class ActorCritic(nn.Module):
         self.actor = Actor(feat_size, act_space, config, norm)
         self.critic = Critic(feat_size, config, norm, bins, space)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.retnorm = ReturnScaler(
+        self.retnorm = RetNorm(
             config.retnorm_decay, config.retnorm_low, config.retnorm_high, config.retnorm_limit
         )
-        self.gamma = 1.0 - 1.0 / config.horizon
+        self.gamma = 1.0 - 1.0 / config.discount_horizon
         # The discount applied on top of the continue probability in imagination.
         self.imag_disc = 1.0 if cont_discount else self.gamma
 
-    def imagine(self, world_model: nn.Module, start) -> Imagination:
-        """Roll the actor out in the world model from `start` (an RSSMState of N states, detached).
-
-        REINFORCE needs no gradient through the rollout, so it runs without autograd; "dynamics" keeps
-        the gradient of the actions through the (frozen) world model. Either way the actor's outputs keep
-        their graph to the actor's weights, so the policy loss reuses them (as the straightforward
-        version would recompute them on the detached features).
-        """
-        dynamics = self.grad == "dynamics"
-        outs = []
-
-        def policy(feat: Tensor | OneHotFeatures) -> Tensor:
-            with torch.enable_grad():
-                outs.append(self.actor.net(feat))
-            return self.actor.dist(outs[-1]).sample()
-
-        # Without gradient through the rollout, categorical features stay one-hot indices: every head's
-        # first layer then gathers S weight columns instead of multiplying by S*K mostly zero inputs.
-        one_hot = not dynamics and world_model.rssm.latent == "categorical"
-        grad_ctx = frozen(world_model) if dynamics else torch.no_grad()
-        with grad_ctx:
-            feat, action = world_model.rssm.imagine(start, policy, self.config.imag_horizon, one_hot)
-            reward = world_model.reward_dist(feat).mean().float()
-            cont = world_model.cont_dist(feat).mean().float().detach()
-        if not dynamics:
-            action = action.detach()
-        return Imagination(feat, action, reward, cont, torch.stack(outs, 1))
-
-    def imag_loss(self, traj: Imagination, update: bool = True) -> ImagLoss:
-        """Policy and value losses [N, H] on an imagined rollout; updates the return scaler if `update`."""
+    def imag_loss(self, traj: Imagination, normalize: Callable[[Tensor], RetStats]) -> ImagLoss:
+        """Policy and value losses [N, H] on an imagined rollout. `normalize` maps the returns to the return
+        normalizer's new statistics (`RetNorm.update`, over the returns of all replicas)."""
         cfg = self.config
         feat = traj.feat.detach()
         weight = (torch.cumprod(self.imag_disc * traj.cont, 1) / self.imag_disc).detach()
@@ -242,12 +208,11 @@ class ActorCritic(nn.Module):
         ret = lambda_return(
             traj.reward.detach(), self.imag_disc * traj.cont, value.detach(), cfg.return_lambda
         )
-        if update:
-            self.retnorm.update(ret)
-        scale = self.retnorm.scale()
+        retstats = normalize(ret)
+        scale = retstats.scale(cfg.retnorm_limit)
         adv = (ret - value[:, :-1].detach()) / scale
         # Heads run on all H + 1 steps and are sliced after: slicing the input first would copy it.
-        policy = self.actor(feat) if traj.policy is None else self.actor.dist(traj.policy)
+        policy = self.actor(feat)
         ent = policy.entropy()[:, :-1]
         if self.grad == "reinforce":
             logpi = policy.log_prob(traj.action.detach())[:, :-1]
@@ -257,9 +222,10 @@ class ActorCritic(nn.Module):
             policy_loss = -weight[:, :-1] * (dyn_ret / scale + cfg.entropy * ent)
         with torch.no_grad():
             slow_mean = self.slow_critic(feat).mean()
-        value_loss = weight[:, :-1] * self._critic_loss(value_dist, ret, slow_mean)
-        metrics = self._imag_metrics(traj, weight, ret, adv, value, slow_mean[:, :-1], ent)
-        return ImagLoss({"policy": policy_loss, "value": value_loss}, ret, metrics)
+        value_loss = weight[:, :-1] * critic_loss(value_dist, ret, slow_mean, cfg.slow_reg)
+        m = (retstats, scale, traj.reward, traj.cont, weight, ret, adv, value, slow_mean[:, :-1], ent)
+        losses = {"policy": policy_loss, "value": value_loss}
+        return ImagLoss(losses, ret, retstats, imag_metrics(self.actor, *m))
 
     def _dynamics_return(self, traj: Imagination) -> Tensor:
         """lambda-return [N, H] differentiable through rewards and values of the imagined features (v1)."""
@@ -267,7 +233,9 @@ class ActorCritic(nn.Module):
             value = self.critic(traj.feat).mean()
         return lambda_return(traj.reward, self.imag_disc * traj.cont, value, self.config.return_lambda)
 
-    def repl_loss(self, feat: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor, boot: Tensor):
+    def repval_loss(
+        self, feat: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor, boot: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Critic loss [B, T-1] on replayed posterior features (v2 `repl_loss`).
 
         Args:
@@ -284,16 +252,7 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             slow_mean = self.slow_critic(feat.detach()).mean()
         live = 1.0 - is_last[:, :-1].float()
-        return live * self._critic_loss(self.critic(feat), ret, slow_mean), ret
-
-    def _critic_loss(self, dist: TwoHot, ret: Tensor, slow_mean: Tensor) -> Tensor:
-        """[N, T-1]: -log p(R) - slow_reg log p(v_slow) for dist [N, T], ret [N, T-1], slow_mean [N, T].
-
-        The last step has no return; it is padded and dropped, as in the reference.
-        """
-        target = torch.cat([ret, torch.zeros_like(ret[:, -1:])], 1)
-        loss = -dist.log_prob(target.detach()) - self.config.slow_reg * dist.log_prob(slow_mean.detach())
-        return loss[:, :-1]
+        return live * critic_loss(self.critic(feat), ret, slow_mean, cfg.slow_reg), ret
 
     @torch.no_grad()
     def update_slow(self) -> None:
@@ -301,30 +260,40 @@ class ActorCritic(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
             slow.lerp_(fast, self.config.slow_rate)
 
-    def _imag_metrics(self, traj, weight, ret, adv, value, slow_mean, ent) -> dict[str, Tensor]:
-        lo, hi = self.actor.entropy_range()
-        m = {
-            "ret": ret.mean(),
-            "ret_min": ret.min(),
-            "ret_max": ret.max(),
-            "ret_normed": ((ret - self.retnorm.lo) / self.retnorm.scale()).mean(),
-            "ret_scale": self.retnorm.scale(),
-            "ret_lo": self.retnorm.lo.clone(),
-            "ret_hi": self.retnorm.hi.clone(),
-            "adv": adv.mean(),
-            "adv_std": adv.std(),
-            "adv_mag": adv.abs().mean(),
-            "value": value.mean(),
-            "slow_value": slow_mean.mean(),
-            "entropy": ent.mean(),
-            "entropy_normed": (ent.mean() - lo) / max(hi - lo, 1e-8),
-            "imag_reward": traj.reward[:, 1:].mean(),
-            "imag_cont": traj.cont[:, 1:].mean(),
-            "imag_weight": weight.mean(),
-        }
-        return {k: v.detach().float() for k, v in m.items()}
+
+def critic_loss(dist: TwoHot, ret: Tensor, slow_mean: Tensor, slow_reg: float) -> Tensor:
+    """[N, T-1]: -log p(sg R) - slow_reg log p(sg v_slow) for dist [N, T], ret [N, T-1], slow_mean [N, T].
+
+    The last step has no return; it is padded and dropped, as in the reference.
+    """
+    target = torch.cat([ret, torch.zeros_like(ret[:, -1:])], 1)
+    loss = -dist.log_prob(target.detach()) - slow_reg * dist.log_prob(slow_mean.detach())
+    return loss[:, :-1]
 
 
-def flatten_starts(x: Tensor) -> Tensor:
-    """[B, T, ...] -> [B*T, ...]: every posterior of the batch is one imagination start."""
-    return rearrange(x, "b t ... -> (b t) ...")
+@torch.no_grad()
+def imag_metrics(
+    actor: Actor, retstats: RetStats, scale: Tensor, reward, cont, weight, ret, adv, value, slow_mean, ent
+) -> dict[str, Tensor]:
+    """What the imagined rollout and its returns report (scalars, detached)."""
+    lo, hi = actor.entropy_range()
+    m = {
+        "ret": ret.mean(),
+        "ret_min": ret.min(),
+        "ret_max": ret.max(),
+        "ret_normed": ((ret - retstats.lo) / scale).mean(),
+        "ret_scale": scale,
+        "ret_lo": retstats.lo.clone(),
+        "ret_hi": retstats.hi.clone(),
+        "adv": adv.mean(),
+        "adv_std": adv.std(),
+        "adv_mag": adv.abs().mean(),
+        "value": value.mean(),
+        "slow_value": slow_mean.mean(),
+        "entropy": ent.mean(),
+        "entropy_normed": (ent.mean() - lo) / max(hi - lo, 1e-8),
+        "imag_reward": reward[:, 1:].mean(),
+        "imag_cont": cont[:, 1:].mean(),
+        "imag_weight": weight.mean(),
+    }
+    return {k: v.detach().float() for k, v in m.items()}

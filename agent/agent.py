@@ -1,15 +1,16 @@
 """The Agent: owns the world model, the actor-critic and the optimizer; acts, trains and reports.
 
-No environment, replay or I/O lives here: `policy` maps a batch of observations to actions,
-`train` performs one update on a replayed batch, `report` renders open-loop predictions.
-One update (v2, dreamerv3/agent.py `Agent.loss`): the world-model loss on the batch, imagination from
-every posterior state, the policy / value / replay-value losses, one optimizer step over everything,
-then the slow critic's EMA.
+No environment, replay or I/O lives here: `policy` maps a batch of observations to actions, `train`
+performs one update on a replayed batch, `report` renders open-loop predictions. The update's maths reads
+top to bottom in `Agent.loss` (v2, dreamerv3/agent.py `Agent.loss`): the world-model terms on the batch,
+imagination from every posterior state, the policy / value / replay-value terms, one weighted sum; then
+`Agent.update`: one optimizer step over everything, the return normalizer and the slow critic's EMA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,20 +18,29 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from agent.actor_critic import ActorCritic, ImagLoss, exact_action, flatten_starts
+from agent.actor_critic import ActorCritic, Imagination, exact_action, frozen
 from agent.optim import Optimizer
+from agent.returns import RetStats
 from configs.schema import ActorCriticConfig, OptimConfig, WorldModelConfig
 from envs.spaces import ActionSpace, ArraySpec
 from world_model.heads import make_bins
 from world_model.rssm import RSSMState
-from world_model.world_model import WorldModel, WorldModelOutput
+from world_model.world_model import WorldModel
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 MODES = ("train", "eval")
-AC_LOSSES = ("policy", "value", "repval")
 # Open-loop reports: posterior context steps (as in the reference's report) and sequences shown.
 OPENLOOP_CONTEXT = 5
 OPENLOOP_SEQUENCES = 4
+
+
+class LossOutput(NamedTuple):
+    """What `Agent.loss` returns beside the total: the carry (the last posterior [B], detached), the return
+    normalizer's new statistics (kept only if the update is applied) and the metrics (scalar tensors)."""
+
+    carry: RSSMState
+    retstats: RetStats
+    metrics: dict[str, Tensor]
 
 
 class PolicyState(NamedTuple):
@@ -69,7 +79,7 @@ class Agent:
         self.precision = precision
         self.obs_space, self.act_space = obs_space, act_space
         self.ac_config = ac_config
-        discount = 1.0 - 1.0 / ac_config.horizon
+        discount = 1.0 - 1.0 / ac_config.discount_horizon
         self.wm = WorldModel(wm_config, obs_space, act_space, discount).to(self.device)
         bins, space = make_bins(wm_config.reward_bins, wm_config.bins)
         self.ac = ActorCritic(
@@ -78,13 +88,11 @@ class Agent:
         self.optim = Optimizer(
             optim_config, {"model": self.wm, "actor": self.ac.actor, "critic": self.ac.critic}
         )
-        self.scales = {k: float(getattr(ac_config.loss_scales, k)) for k in AC_LOSSES}
-        self.update_count = 0
+        scales = {**dataclasses.asdict(wm_config.loss_scales), **dataclasses.asdict(ac_config.loss_scales)}
+        self.scales = {k: float(v) for k, v in scales.items()}
+        self.world: Any = None  # set by `data_parallel`
         if compile:
             self.compile_heads()
-        self.reducer: Any = None  # set by `data_parallel`
-        # The return scaler's statistics before the latest forward pass, restored if its update is skipped.
-        self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
 
     def compile_heads(self) -> None:
         """torch.compile (in place: names and state dicts stay the same) the MLPs that run on every
@@ -133,92 +141,94 @@ class Agent:
 
     # --- learning --------------------------------------------------------------------------------
     def train(
-        self, batch: dict[str, Any], state: RSSMState | None = None
+        self, batch: dict[str, Any], carry: RSSMState | None = None
     ) -> tuple[RSSMState, dict[str, float]]:
-        """One update on a batch of [B, T, ...] arrays; returns the carry (last posterior) and metrics.
+        """One update on a batch of [B, T, ...] arrays from the training carry (None: the initial state);
+        returns the next carry and the metrics.
 
-        A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic
-        and the return scaler stay as they were, and `metrics["nonfinite"]` is 1.0.
+        A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic and
+        the return normalizer stay as they were, and `metrics["nonfinite"]` is 1.0.
         """
         data = self.to_device(batch)
-        wm_out = self.model_loss(data, state)
-        ac_losses, imag = self.behavior_loss(data, wm_out)
-        total = self.total_loss(wm_out, ac_losses)
-        step = self.step(self.backward(total))
-        metrics = {**wm_out.metrics, **{f"ac/{k}": v for k, v in imag.metrics.items()}}
-        metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
-        metrics["loss/model"] = wm_out.loss.detach()
+        with self._autocast():
+            total, out = self.loss(data, carry)
+        step = self.step(self.backward(total), out.retstats)
+        return out.carry, {**to_floats(out.metrics), **step}
+
+    def loss(self, data: dict[str, Tensor], carry: RSSMState | None) -> tuple[Tensor, LossOutput]:
+        """The update's loss on a batch of [B, T, ...] tensors, in the reference's order (`Agent.loss`):
+        world model, imagination, replay value; every term unreduced, summed once at the end."""
+        B, T = data["is_first"].shape
+        ac, per_start = self.ac, lambda x: rearrange(x, "(b t) ... -> b t ...", b=B, t=T)
+
+        # 1. World model: rec, rew, con, dyn, rep [B, T] on the replayed batch, from the carry.
+        wm = self.wm.loss(data, carry)
+        losses, metrics = dict(wm.losses), dict(wm.metrics)
+
+        # 2. Imagination from every posterior state (B*T starts). REINFORCE needs no gradient through
+        # the rollout; "dynamics" keeps the actions' gradient through the (frozen) world model.
+        reinforce = ac.grad == "reinforce"
+        start = self.wm.starts(wm.states, grad=not reinforce)
+        with torch.no_grad() if reinforce else frozen(self.wm):
+            policy = lambda feat: ac.actor(feat).sample()
+            feat, action = self.wm.imagine(start, policy, self.ac_config.imag_horizon)
+            reward = self.wm.reward(feat).mean().float()
+            cont = self.wm.cont(feat).mean().float().detach()
+        if reinforce:
+            action = action.detach()
+        imag = Imagination(feat, action, reward, cont)  # [N, H+1, ...]
+
+        # 3. Policy and value on the imagined rollout [N, H], averaged over the horizon per start; the
+        # return percentiles pool the returns of all replicas.
+        out = ac.imag_loss(imag, lambda ret: ac.retnorm.update(self._gather(ret)))
+        losses.update({k: per_start(v.mean(1)) for k, v in out.losses.items()})
+        metrics.update({f"ac/{k}": v for k, v in out.metrics.items()})
+
+        # 4. Replay value: the critic on the replayed posteriors [B, T-1], bootstrapped from R_0.
+        if self.scales["repval"]:
+            repl_feat = self.wm.feat(wm.states)
+            repl_feat = repl_feat if self.ac_config.repval_grad else repl_feat.detach()
+            boot = per_start(out.ret[:, 0])
+            d = data
+            losses["repval"], _ = ac.repval_loss(repl_feat, d["reward"], d["is_last"], d["is_terminal"], boot)
+
+        # 5. One weighted sum. Every term with a scale is built (a zero scale may skip its term: v1 repval).
+        missing = {k for k, scale in self.scales.items() if scale} - set(losses)
+        assert not missing and set(losses) <= set(self.scales), (sorted(losses), self.scales)
+        total = sum(self.scales[k] * v.mean() for k, v in losses.items())
+        metrics.update({f"loss/{k}": v.detach().mean() for k, v in losses.items()})
         metrics["loss/total"] = total.detach()
-        return wm_out.state, {**to_floats(metrics), **step}
+        return total, LossOutput(wm.last, out.retstats, metrics)
+
+    def backward(self, total: Tensor) -> Tensor:
+        """Gradients of `total` into `.grad`; returns the loss the optimizer step checks. Under
+        `data_parallel` the gradients and the loss are averaged over all replicas."""
+        self.optim.zero_grad()
+        total.backward()
+        if self.world is None:
+            return total
+        return self.world.average_grads([p for m in (self.wm, self.ac) for p in m.parameters()], total)
+
+    def step(self, total: Tensor, retstats: RetStats) -> dict[str, float]:
+        """The optimizer step, the return normalizer's new statistics and the slow critic's EMA, or
+        nothing at all when the loss or a gradient is non-finite."""
+        step = self.optim.step(total)
+        if not step["nonfinite"]:
+            self.ac.retnorm.commit(retstats)
+            self.ac.update_slow()
+        return step
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Arrays or tensors [B, T, ...] -> tensors on the device (float64 -> float32, images stay uint8)."""
         return {k: self._tensor(v) for k, v in batch.items()}
 
-    def total_loss(self, wm_out: WorldModelOutput, ac_losses: dict[str, Tensor]) -> Tensor:
-        """The one scalar all modules descend: world-model loss + scaled actor-critic losses."""
-        return wm_out.loss + sum(self.scales[k] * v.mean() for k, v in ac_losses.items())
+    def data_parallel(self, world: Any) -> None:
+        """Train as one replica among several: `world` (a `run.distributed.World`) averages the gradients
+        after each backward pass, and the return percentiles pool the returns of all replicas."""
+        self.world = world
 
-    def backward(self, total: Tensor) -> Tensor:
-        """Gradients of `total` into `.grad`; returns the loss the optimizer step checks.
-
-        Under `data_parallel` the gradients and the loss are averaged over all ranks.
-        """
-        self.optim.zero_grad()
-        total.backward()
-        if self.reducer is not None:
-            params = [p for m in (self.wm, self.ac) for p in m.parameters()]
-            return self.reducer.average_grads(params, total)
-        return total
-
-    def data_parallel(self, reducer: Any) -> None:
-        """Train as one replica among several: `reducer` (a `run.distributed.World`) averages the
-        gradients after each backward pass, and the return scaler takes its percentiles over the
-        returns of all replicas (`reducer.all_gather`)."""
-        self.reducer = reducer
-        self.ac.retnorm.gather = reducer.all_gather
-
-    def step(self, total: Tensor) -> dict[str, float]:
-        """Optimizer step and slow-critic EMA, or nothing at all when `total` or a gradient is non-finite.
-
-        The return scaler already saw this batch's returns in the forward pass; a skipped update takes
-        that back, so nothing learned or running changes.
-        """
-        step = self.optim.step(total)
-        if step["nonfinite"]:
-            self.ac.retnorm.load_state_dict(self._retnorm_before)
-        else:
-            self.ac.update_slow()
-            self.update_count += 1
-        return step
-
-    def model_loss(self, data: dict[str, Tensor], state: RSSMState | None) -> WorldModelOutput:
-        """The world model's loss and posteriors on the batch."""
-        with self._autocast():
-            return self.wm.loss(data, state)
-
-    def behavior_loss(
-        self, data: dict[str, Tensor], wm_out: WorldModelOutput
-    ) -> tuple[dict[str, Tensor], ImagLoss]:
-        """Actor-critic losses keyed like `actor_critic.loss_scales`, each [B, T] ([B, T-1] for repval).
-
-        Imagination starts from every posterior of the batch (B x T starts, detached); the policy and
-        value losses are averaged over the imagined horizon per start, as in the reference.
-        """
-        B, T = data["is_first"].shape
-        self._retnorm_before = {k: v.clone() for k, v in self.ac.retnorm.state_dict().items()}
-        with self._autocast():
-            start = RSSMState(*(flatten_starts(x.detach()) for x in wm_out.posts))
-            imag = self.ac.imag_loss(self.ac.imagine(self.wm, start))
-            losses = {k: rearrange(v.mean(1), "(b t) -> b t", b=B, t=T) for k, v in imag.losses.items()}
-            if self.scales["repval"]:
-                feat = self.wm.feat(wm_out.posts)
-                feat = feat if self.ac_config.repval_grad else feat.detach()
-                boot = rearrange(imag.ret[:, 0], "(b t) -> b t", b=B, t=T)
-                losses["repval"], _ = self.ac.repl_loss(
-                    feat, data["reward"], data["is_last"], data["is_terminal"], boot
-                )
-        return losses, imag
+    def _gather(self, x: Tensor) -> Tensor:
+        return x if self.world is None else self.world.all_gather(x)
 
     # --- reporting -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -250,20 +260,18 @@ class Agent:
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything learned and running: modules (incl. slow critic and return scaler), optimizer
-        states, the update count. Tensors and plain python values only (weights-only loadable)."""
+        """Everything learned and running: modules (incl. slow critic and return normalizer) and
+        optimizer states. Tensors and plain python values only (weights-only loadable)."""
         return {
             "world_model": self.wm.state_dict(),
             "actor_critic": self.ac.state_dict(),
             "optim": self.optim.state_dict(),
-            "update_count": self.update_count,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wm.load_state_dict(state["world_model"])
         self.ac.load_state_dict(state["actor_critic"])
         self.optim.load_state_dict(state["optim"])
-        self.update_count = int(state["update_count"])
 
     @staticmethod
     def carry_state(carry: RSSMState | None) -> dict[str, Tensor] | None:

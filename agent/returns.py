@@ -13,7 +13,7 @@ not cross into the next episode).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,13 +46,29 @@ def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, lam: float | Tens
     return torch.stack(rets[:0:-1], 1)
 
 
-class ReturnScaler(nn.Module):
-    """EMA of the low and high percentiles of the returns; the scale is `max(limit, hi - lo)`.
+class RetStats(NamedTuple):
+    """The return normalizer's statistics: EMAs of the low and high percentile of the returns (scalars)."""
 
-    As in the reference's `Normalize(impl="perc", debias=False)` (v2): both statistics start at zero and
-    move by `(1 - decay)` towards the batch percentiles at each update. The statistics are buffers, so
-    they are part of the module's state dict.
-    """
+    lo: Tensor
+    hi: Tensor
+
+    def scale(self, limit: float) -> Tensor:
+        """The return scale S = max(limit, hi - lo), a scalar without gradient."""
+        return torch.clamp(self.hi - self.lo, min=limit).detach()
+
+
+@torch.no_grad()
+def percentile_ema(stats: RetStats, ret: Tensor, decay: float, low: float, high: float) -> RetStats:
+    """The statistics moved by (1 - decay) towards the `low` and `high` percentiles (in %) of `ret`
+    (any shape): the reference's `Normalize(impl="perc", debias=False)` (v2)."""
+    ret = ret.detach().float().flatten()
+    lo, hi = torch.quantile(ret, ret.new_tensor([low / 100, high / 100]))
+    return RetStats(torch.lerp(stats.lo, lo, 1 - decay), torch.lerp(stats.hi, hi, 1 - decay))
+
+
+class RetNorm(nn.Module):
+    """Holds the return normalizer's statistics (buffers, so they are in the state dict; both start at 0)
+    and its settings. `update` returns new statistics without keeping them; `commit` keeps them."""
 
     lo: Tensor
     hi: Tensor
@@ -68,25 +84,16 @@ class ReturnScaler(nn.Module):
         self.decay, self.low, self.high, self.limit = decay, low, high, limit
         self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
         self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
-        # Pools the returns of all data-parallel replicas before the percentiles (None: this batch only).
-        self.gather: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def stats(self) -> RetStats:
+        return RetStats(self.lo, self.hi)
+
+    def update(self, ret: Tensor) -> RetStats:
+        """The statistics after seeing the returns `ret` (the held ones stay as they are)."""
+        return percentile_ema(self.stats, ret, self.decay, self.low, self.high)
 
     @torch.no_grad()
-    def update(self, ret: Tensor) -> None:
-        """Move the percentile EMAs towards the percentiles of `ret` (any shape, no gradient).
-
-        A batch with a non-finite return leaves the statistics unchanged (checked on the device, without
-        a synchronization), so one bad update cannot poison the scale for good.
-        """
-        q = torch.tensor([self.low / 100, self.high / 100], dtype=torch.float32, device=ret.device)
-        ret = ret.detach().float().flatten()
-        if self.gather is not None:
-            ret = self.gather(ret)
-        lo, hi = torch.quantile(ret, q)
-        finite = torch.isfinite(ret).all()
-        self.lo.copy_(torch.where(finite, torch.lerp(self.lo, lo, 1 - self.decay), self.lo))
-        self.hi.copy_(torch.where(finite, torch.lerp(self.hi, hi, 1 - self.decay), self.hi))
-
-    def scale(self) -> Tensor:
-        """The return scale S = max(limit, hi - lo), a scalar without gradient."""
-        return torch.clamp(self.hi - self.lo, min=self.limit).detach()
+    def commit(self, stats: RetStats) -> None:
+        self.lo.copy_(stats.lo)
+        self.hi.copy_(stats.hi)

@@ -8,9 +8,10 @@ spend. "kernels" is the time the update's own matmul and convolution calls take 
 back on fresh operands (`kernel_ms`): the update less everything between those calls. Presets may be
 combined with commas (`--presets v1,xs`) for like-for-like comparisons with v1 ports.
 
-One update = world-model loss, imagination + actor-critic losses, one backward pass, optimizer step
-(with the slow-critic EMA), exactly as `Agent.train` runs them. Synthetic batches of B x T steps with
-either a 4-dim vector observation or a 64x64x3 image, 2 discrete actions.
+One update = `Agent.loss` (world-model terms, imagination, actor-critic terms), one backward pass, the
+optimizer step (with the return normalizer and the slow-critic EMA), exactly as `Agent.train` runs them.
+Synthetic batches of B x T steps with either a 4-dim vector observation or a 64x64x3 image, 2 discrete
+actions.
 
     python bench/update.py --presets size1m size12m --repeats 5 --threads 2
 
@@ -74,26 +75,37 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_update(agent, data, state) -> tuple[dict[str, float], object]:
-    """One update, split at the same seams as `Agent.train`; seconds per part."""
+def timed_update(agent, data, carry) -> tuple[dict[str, float], object]:
+    """One update as `Agent.train` runs it, split at its seams: the world-model terms (timed where
+    `Agent.loss` gets them back), the behaviour terms (the rest of `Agent.loss`), the backward pass, the
+    optimizer step; seconds per part."""
     times, device = {}, agent.device
+    world_model_loss = agent.wm.loss
+
+    def timed_world_model_loss(*args):
+        out = world_model_loss(*args)
+        sync(device)
+        times["world_model_end"] = time.perf_counter()
+        return out
+
+    agent.wm.loss = timed_world_model_loss
     sync(device)
     t0 = time.perf_counter()
-    wm_out = agent.model_loss(data, state)
+    with agent._autocast():
+        total, out = agent.loss(data, carry)
     sync(device)
     t1 = time.perf_counter()
-    losses, _ = agent.behavior_loss(data, wm_out)
-    total = agent.total_loss(wm_out, losses)
-    sync(device)
-    t2 = time.perf_counter()
     total = agent.backward(total)
     sync(device)
-    t3 = time.perf_counter()
-    agent.step(total)
+    t2 = time.perf_counter()
+    agent.step(total, out.retstats)
     sync(device)
-    t4 = time.perf_counter()
-    times.update(world_model=t1 - t0, behavior=t2 - t1, backward=t3 - t2, optimizer=t4 - t3, total=t4 - t0)
-    return times, wm_out.state
+    t3 = time.perf_counter()
+    del agent.wm.loss  # the instance attribute goes; the method is back
+    t_wm = times.pop("world_model_end")
+    times.update(world_model=t_wm - t0, behavior=t1 - t_wm, backward=t2 - t1, optimizer=t3 - t2)
+    times["total"] = t3 - t0
+    return times, out.carry
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -96,11 +96,11 @@ def record(name: str, updates: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def compare(name: str, before: list[dict], after: list[dict]) -> bool:
+def compare(name: str, before: list[dict], after: list[dict], verbose: bool = False) -> bool:
     ok = True
-    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+    for i, (b, a) in enumerate(zip(before, after)):  # noqa: B905 (--updates may be fewer)
         missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
-        same, worst, worst_key = 0, 0.0, ""
+        same, worst, worst_key, differ = 0, 0.0, "", []
         for key in sorted(set(b) & set(a)):
             x, y = b[key].double(), a[key].double()
             if x.shape == y.shape and torch.equal(x, y):
@@ -110,12 +110,15 @@ def compare(name: str, before: list[dict], after: list[dict]) -> bool:
                 rel = float("inf")
             else:
                 rel = float((x - y).abs().max() / x.abs().max().clamp(min=1e-12))
+            differ.append(key)
             if rel > worst:
                 worst, worst_key = rel, key
         total = len(set(b) & set(a))
         line = f"{name:<34} update {i}: {same}/{total} bit-identical"
         if worst_key:
             line += f", largest relative difference {worst:.2e} ({worst_key})"
+        if verbose and differ:
+            line += "\n    differ: " + ", ".join(differ)
         if missing or extra:
             line += f"; only before: {missing}; only after: {extra}"
             ok = False
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--compare", type=Path, help="compare with this recording")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--verbose", action="store_true", help="name every tensor that differs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     runs = {name: record(name, args.updates) for name in args.cases}
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"recorded {len(runs)} cases x {args.updates} updates to {args.save}")
         return
     before = torch.load(args.compare)
-    results = [compare(name, before[name], runs[name]) for name in args.cases]
+    results = [compare(name, before[name], runs[name], args.verbose) for name in args.cases]
     print("all bit-identical" if all(results) else "differences found (see above)")
 
 

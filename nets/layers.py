@@ -7,12 +7,14 @@ normal truncated at two standard deviations, scaled so their std is `outscale / 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from nets import onehot
+from nets.onehot import Features
 
 # Std of a standard normal truncated to [-2, 2]; dividing by it restores unit variance.
 TRUNC_STD = 0.87962566103423978
@@ -32,33 +34,10 @@ def trunc_normal_fan_in_(weight: torch.Tensor, fan_in: int, outscale: float = 1.
         nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
 
 
-class OneHotFeatures(NamedTuple):
-    """Features [..., D + S*K] whose first D entries are `dense` [..., D] and whose last S*K are S exact
-    one-hots of K = `classes`, held as the hot class of each group, `index` [..., S] (int64); with
-    `one_hot_first`, the S*K one-hot entries come first.
-
-    Equal in value to `to_dense()`. `Linear` reads them by summing the S weight columns of the hot
-    classes (a gather) instead of multiplying by S*K mostly zero inputs. No gradient reaches the one-hot
-    part: they stand for features that are inputs only (the imagined states of REINFORCE).
-    """
-
-    dense: torch.Tensor
-    index: torch.Tensor
-    classes: int
-    one_hot_first: bool = False
-
-    def detach(self) -> OneHotFeatures:
-        return self._replace(dense=self.dense.detach())
-
-    def to_dense(self) -> torch.Tensor:
-        onehot = F.one_hot(self.index, self.classes).to(self.dense.dtype).flatten(-2)
-        return torch.cat([onehot, self.dense] if self.one_hot_first else [self.dense, onehot], -1)
-
-
 class Linear(nn.Linear):
     """nn.Linear with truncated-normal fan-in init scaled by `outscale` (0: zero weights and bias).
 
-    Also takes `OneHotFeatures`, with the same result as their dense form up to float rounding.
+    Also takes `nets.onehot.Features`, with the same result as their dense form up to float rounding.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, outscale: float = 1.0):
@@ -74,70 +53,14 @@ class Linear(nn.Linear):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor | OneHotFeatures) -> torch.Tensor:
-        if isinstance(x, OneHotFeatures):
-            return self._one_hot_forward(x)
+    def forward(self, x: torch.Tensor | Features) -> torch.Tensor:
+        if isinstance(x, Features):
+            return onehot.linear(x, self.weight, self.bias)
         if self.pad_out:
             weight = F.pad(self.weight, (0, 0, 0, self.pad_out))
             bias = None if self.bias is None else F.pad(self.bias, (0, self.pad_out))
             return F.linear(x, weight, bias)[..., : self.out_features]
         return super().forward(x)
-
-    def _one_hot_forward(self, x: OneHotFeatures) -> torch.Tensor:
-        dense, groups = x.dense.shape[-1], x.index.shape[-1]
-        if dense + groups * x.classes != self.in_features:
-            raise ValueError(
-                f"Linear({self.in_features}, ...) got one-hot features of {dense} + {groups} x "
-                f"{x.classes} = {dense + groups * x.classes} entries"
-            )
-        hot = groups * x.classes
-        if x.one_hot_first:
-            w_one_hot, w_dense = self.weight[:, :hot], self.weight[:, hot:]
-        else:
-            w_dense, w_one_hot = self.weight[:, :dense], self.weight[:, dense:]
-        out = F.linear(x.dense, w_dense, self.bias)
-        # Row g * K + index_g of the one-hot block's weight, summed over the S groups of each feature.
-        rows = x.index + x.classes * torch.arange(groups, device=x.index.device)
-        table = w_one_hot.t().contiguous()
-        picked = gather_sum(table, rows.reshape(-1, groups))
-        return out + picked.view(out.shape).to(out.dtype)
-
-
-def gather_sum(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """out[n] = sum over g of table[rows[n, g]]: table [R, D], rows [N, G] (int64) -> [N, D].
-
-    `F.embedding_bag(rows, table, mode="sum")`; on the CPU its backward is replaced by `_GatherSum`'s.
-    """
-    if table.device.type == "cpu":
-        return _GatherSum.apply(table, rows)
-    return F.embedding_bag(rows, table, mode="sum")
-
-
-GATHER_CHUNK = 2048  # rows of the output gradient added into the table at a time (stay in cache)
-
-
-class _GatherSum(torch.autograd.Function):
-    """embedding_bag's sum, with a backward that adds each group's gradient rows into the table by
-    `index_add_`, over chunks of rows that stay in cache. On the CPU, for 16384 x 32 hot rows of a
-    1024 x 256 table, this takes 34 ms against 115 ms for embedding_bag's sort-based backward (1 thread);
-    each table row receives its additions in the same order, so the result is deterministic."""
-
-    @staticmethod
-    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
-        ctx.table_rows = table.shape[0]
-        return F.embedding_bag(rows, table, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (rows,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_table = grad.new_zeros(ctx.table_rows, grad.shape[-1])
-        for start in range(0, rows.shape[0], GATHER_CHUNK):
-            chunk = grad[start : start + GATHER_CHUNK]
-            for group in rows[start : start + GATHER_CHUNK].unbind(-1):
-                grad_table.index_add_(0, group, chunk)
-        return grad_table, None
 
 
 class Conv2d(nn.Conv2d):

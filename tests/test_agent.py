@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from agent import make_agent, resolve_device
+from agent.actor_critic import Imagination
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
-from nets.layers import OneHotFeatures
-from world_model.rssm import RSSMState
+from nets.onehot import Features
 
 B, T = 3, 6
 OBS = {"vector": ArraySpec((4,), np.float32), "image": ArraySpec((16, 16, 3), np.uint8)}
@@ -53,6 +53,16 @@ def params(agent):
     }
 
 
+def sampler(agent):
+    """The policy `Agent.loss` imagines with: features -> a sampled action."""
+    return lambda feat: agent.ac.actor(feat).sample()
+
+
+def steps(agent):
+    """Updates the (v2, LaProp) optimizer has applied."""
+    return agent.optim.optimizers["all"].param_groups[0]["step"]
+
+
 def serialized(obj):
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -65,14 +75,15 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     state, metrics = agent.train(batch(), None)
     assert state.deter.shape == (B, 32) and not state.deter.requires_grad
     expected = {
-        "loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn", "loss/model", "loss/total",
+        "loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/rew", "loss/con", "loss/dyn",
+        "loss/rep", "loss/total",
         "ac/ret", "ac/adv", "ac/value", "ac/slow_value", "ac/entropy", "ac/entropy_normed", "ac/ret_scale",
         "ac/imag_reward", "ac/imag_cont", "grad_norm/model", "grad_norm/actor", "grad_norm/critic",
         "lr", "nonfinite",
     }  # fmt: skip
     assert expected <= set(metrics), expected - set(metrics)
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
-    assert metrics["nonfinite"] == 0.0 and metrics["lr"] == 0.0 and agent.update_count == 1
+    assert metrics["nonfinite"] == 0.0 and metrics["lr"] == 0.0 and steps(agent) == 1
     # The warm-up starts at lr 0 (as the reference's optax schedule): learned weights are unchanged,
     # the return scaler (a running statistic) has moved.
     after = params(agent)
@@ -84,7 +95,7 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     assert any(k.startswith("ac.critic") for k in changed) and any(
         k.startswith("ac.slow_critic") for k in changed
     )
-    assert agent.update_count == 2 and metrics["lr"] > 0
+    assert steps(agent) == 2 and metrics["lr"] > 0
 
 
 def test_nonfinite_batch_skips_the_update_entirely():
@@ -94,7 +105,7 @@ def test_nonfinite_batch_skips_the_update_entirely():
     bad = batch(seed=1)
     bad["vector"][0, 2, 1] = np.nan
     _, metrics = agent.train(bad, state)
-    assert metrics["nonfinite"] == 1.0 and agent.update_count == 1
+    assert metrics["nonfinite"] == 1.0 and steps(agent) == 1
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert serialized(agent.optim.state_dict()) == optim_before
@@ -110,20 +121,59 @@ def test_slow_critic_moves_only_by_its_ema_in_train():
         torch.testing.assert_close(s, 0.98 * old + 0.02 * fast.detach())
 
 
+def losses_of(agent, data):
+    """Agent.loss's total and output, and the world model's unreduced terms it summed."""
+    terms = {}
+    original = agent.wm.loss
+
+    def recording(*args):
+        out = original(*args)
+        terms.update(out.losses)
+        return out
+
+    agent.wm.loss = recording
+    try:
+        total, out = agent.loss(data, None)
+    finally:
+        del agent.wm.loss
+    return total, out, terms
+
+
+def test_loss_sums_every_scaled_term_once():
+    """The total is the sum of each term's mean times its scale, over exactly the configured terms."""
+    agent = make()
+    data = agent.to_device(batch())
+    total, out, wm_terms = losses_of(agent, data)
+    assert set(agent.scales) == {"rec", "rew", "con", "dyn", "rep", "policy", "value", "repval"}
+    expected = sum(agent.scales[k] * v.mean() for k, v in wm_terms.items()).detach()
+    expected = expected + sum(
+        agent.scales[k] * out.metrics[f"loss/{k}"] for k in ("policy", "value", "repval")
+    )
+    torch.testing.assert_close(total.detach(), expected)
+    assert out.metrics["loss/total"] == total.detach()
+    assert out.carry.deter.shape == (B, 32) and not out.carry.deter.requires_grad
+
+
 def test_behavior_losses_leave_the_world_model_alone_except_repval():
     for repval_grad in (False, True):
         agent = make(overrides={"actor_critic": {"repval_grad": repval_grad}})
         data = agent.to_device(batch())
-        wm_out = agent.model_loss(data, None)
-        losses, _ = agent.behavior_loss(data, wm_out)
-        assert losses["policy"].shape == losses["value"].shape == (B, T) and losses["repval"].shape == (
-            B,
-            T - 1,
-        )
-        (losses["policy"].mean() + losses["value"].mean()).backward(retain_graph=True)
+        wm = agent.wm.loss(data, None)
+        start = agent.wm.starts(wm.states, grad=False)
+        with torch.no_grad():
+            feat, action = agent.wm.imagine(start, sampler(agent), 5)
+            reward, cont = agent.wm.reward(feat).mean(), agent.wm.cont(feat).mean()
+        imag = agent.ac.imag_loss(Imagination(feat, action, reward, cont), agent.ac.retnorm.update)
+        assert imag.losses["policy"].shape == imag.losses["value"].shape == (B * T, 5)
+        (imag.losses["policy"].mean() + imag.losses["value"].mean()).backward(retain_graph=True)
         assert all(p.grad is None for p in agent.wm.parameters())
         agent.ac.actor.zero_grad(set_to_none=True)
-        losses["repval"].mean().backward()
+        repl = agent.wm.feat(wm.states)
+        repl = repl if repval_grad else repl.detach()
+        boot = imag.ret[:, 0].reshape(B, T)
+        repval, _ = agent.ac.repval_loss(repl, data["reward"], data["is_last"], data["is_terminal"], boot)
+        assert repval.shape == (B, T - 1)
+        repval.mean().backward()
         wm_grads = [p.grad for p in agent.wm.rssm.parameters() if p.grad is not None]
         assert bool(wm_grads) == repval_grad
         assert all(p.grad is None for p in agent.ac.actor.parameters())
@@ -136,10 +186,16 @@ def test_v1_dynamics_backprop_reaches_the_actor_through_the_frozen_world_model()
     with torch.no_grad():
         agent.wm.reward.mlp.net[-1].weight.normal_(0.0, 0.1)
     data = agent.to_device(batch(CONTINUOUS))
-    losses, _ = agent.behavior_loss(data, agent.model_loss(data, None))
-    assert "repval" not in losses
-    losses["policy"].mean().backward()
-    assert all(p.grad is None for p in [*agent.wm.parameters(), *agent.ac.critic.parameters()])
+    agent.scales.update(value=0.0)  # the policy term alone
+    for key in ("rec", "rew", "con", "dyn", "rep"):
+        agent.scales[key] = 0.0
+    total, out = agent.loss(data, None)
+    assert "loss/repval" not in out.metrics
+    total.backward()
+    # The world-model and value terms are scaled by 0: a gradient there would come from the policy term.
+    assert all(
+        p.grad is None or not p.grad.any() for p in [*agent.wm.parameters(), *agent.ac.critic.parameters()]
+    )
     # The only path from the actor's output to this loss is through the imagined dynamics.
     assert agent.ac.actor.net.net[-1].weight.grad.abs().sum() > 0
 
@@ -153,7 +209,7 @@ def test_state_dict_round_trip_through_weights_only_load():
     buf.seek(0)
     other = make(seed=1)
     other.load_state_dict(torch.load(buf, weights_only=True))
-    assert other.update_count == 2
+    assert steps(other) == 2
     theirs = params(other)
     assert all(torch.equal(theirs[k], v) for k, v in params(agent).items())
     assert other.ac.retnorm.hi.item() == agent.ac.retnorm.hi.item() != 0.0
@@ -262,7 +318,7 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
         _, expected = eager.train(batch(seed=step))
         torch.manual_seed(step)
         _, got = compiled.train(batch(seed=step))
-        for key in ("loss/model", "loss/policy", "loss/value", "loss/total"):
+        for key in ("loss/rec", "loss/dyn", "loss/policy", "loss/value", "loss/total"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
     for module in ("wm", "ac"):
         pairs = zip(
@@ -272,42 +328,41 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{module}.{name}")
 
 
-def imagine_from_a_batch(agent, act_space):
-    wm_out = agent.model_loss(agent.to_device(batch(act_space)), None)
-    start = RSSMState(*(x.detach().flatten(0, 1) for x in wm_out.posts))
-    return start, agent.ac.imagine(agent.wm, start)
+def imagine_from_a_batch(agent, act_space, grad):
+    wm = agent.wm.loss(agent.to_device(batch(act_space)), None)
+    start = agent.wm.starts(wm.states, grad)
+    feat, action = agent.wm.imagine(start, sampler(agent), 5)
+    return start, feat, action
 
 
 def test_dynamics_backprop_keeps_dense_imagined_features():
     """The gradient reaches the latents through the dynamics, so they stay dense."""
     agent = make(overrides={"actor_critic": {"grad": "dynamics"}}, act_space=CONTINUOUS)
-    _, traj = imagine_from_a_batch(agent, CONTINUOUS)
-    assert isinstance(traj.feat, torch.Tensor) and traj.feat.requires_grad
+    _, feat, _ = imagine_from_a_batch(agent, CONTINUOUS, grad=True)
+    assert isinstance(feat, torch.Tensor) and feat.requires_grad
 
 
 def test_reinforce_imagines_one_hot_features_with_the_dense_losses_and_gradients():
     """REINFORCE imagines categorical features as one-hot indices, which every head's first layer reads
     with a gather; the losses and gradients are those of the dense features (float32 rounding)."""
     agent = make()
-    start, traj = imagine_from_a_batch(agent, DISCRETE)
-    assert isinstance(traj.feat, OneHotFeatures)
-    dense = traj.feat.to_dense()
-    torch.testing.assert_close(dense[:, 0], agent.wm.feat(start))
+    with torch.no_grad():
+        start, feat, action = imagine_from_a_batch(agent, DISCRETE, grad=False)
+    assert isinstance(feat, Features)
+    dense = feat.to_dense()
+    torch.testing.assert_close(dense[:, 0], torch.cat([start.deter, start.stoch.to_dense()], -1))
 
-    def losses_and_grads(t):
+    def losses_and_grads(f):
         agent.ac.zero_grad(set_to_none=True)
-        out = agent.ac.imag_loss(t, update=False)
-        sum(v.mean() for v in out.losses.values()).backward(retain_graph=True)
+        with torch.no_grad():
+            reward, cont = agent.wm.reward(f).mean(), agent.wm.cont(f).mean()
+        out = agent.ac.imag_loss(Imagination(f, action, reward, cont), agent.ac.retnorm.update)
+        sum(v.mean() for v in out.losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in agent.ac.named_parameters() if p.grad is not None}
         return {k: v.detach() for k, v in out.losses.items()}, grads
 
-    one_hot, one_hot_grads = losses_and_grads(traj)
-    # The dense features, with the actor run again on them and the heads' predictions recomputed.
-    reward = agent.wm.reward_dist(dense).mean().float()
-    cont = agent.wm.cont_dist(dense).mean().float()
-    torch.testing.assert_close(reward, traj.reward)
-    torch.testing.assert_close(cont, traj.cont)
-    again, again_grads = losses_and_grads(traj._replace(feat=dense, policy=None))
+    one_hot, one_hot_grads = losses_and_grads(feat)
+    again, again_grads = losses_and_grads(dense)
     torch.testing.assert_close(one_hot, again)
     assert one_hot_grads.keys() == again_grads.keys() and len(one_hot_grads) > 0
     for name in one_hot_grads:

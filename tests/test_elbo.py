@@ -105,7 +105,7 @@ def _exact_log_px(wm, data):
     state, log_prior, deters = wm.initial(N), 0.0, []
     for t in range(T):
         state, action = rssm._reset(state, prev[:, t], is_first[:, t])
-        deter = rssm._dynamics(state.deter, state.stoch, action)
+        deter = rssm._dynamics(state, action)
         log_prior = log_prior + rssm.dist(rssm.prior(deter)).log_prob(z[:, t])
         state = RSSMState(deter, z[:, t])
         deters.append(deter)

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from nets import layers
+from nets import onehot
+from nets.distributions import OneHotCategorical
 from nets.functional import symexp, symlog
-from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm, OneHotFeatures
+from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm
 
 
 def test_symlog_golden_and_round_trip():
@@ -141,21 +142,24 @@ def test_linear_computes_unaligned_widths_padded_with_the_same_result(out_featur
     assert layer.weight.shape == (out_features, 16)  # the parameters keep their shape
 
 
-@pytest.mark.parametrize("one_hot_first", [False, True])
-def test_linear_on_one_hot_features_equals_the_dense_product(one_hot_first, monkeypatch):
-    """A Linear reads OneHotFeatures with a gather of weight columns: the same outputs and weight, bias and
-    dense-part gradients as the matmul over their dense form (float64), leading dims kept."""
-    monkeypatch.setattr(layers, "GATHER_CHUNK", 5)  # the 12 rows' gradient is added in 3 chunks
+@pytest.mark.parametrize("layout", ["dense-first", "one-hot-first", "one-hot-only"])
+def test_linear_on_one_hot_features_equals_the_dense_product(layout, monkeypatch):
+    """A Linear reads Features with OneHot parts by gathering weight columns: the same outputs and weight,
+    bias and dense-part gradients as the matmul over their dense form (float64), leading dims kept."""
+    monkeypatch.setattr(onehot, "GATHER_CHUNK", 5)  # the 12 rows' gradient is added in 3 chunks
     torch.manual_seed(0)
     D, S, K, OUT = 5, 3, 4, 7
-    layer = Linear(D + S * K, OUT).double()
     dense = torch.randn(2, 6, D, dtype=torch.float64, requires_grad=True)
-    feat = OneHotFeatures(dense, torch.randint(0, K, (2, 6, S)), K, one_hot_first)
-    expanded = feat.to_dense()
-    assert expanded.shape == (2, 6, D + S * K)
-    dense_cols, hot_cols = (slice(S * K, None), slice(S * K)) if one_hot_first else (slice(D), slice(D, None))
-    assert torch.equal(expanded[..., dense_cols], dense)
-    assert torch.equal(expanded[..., hot_cols].reshape(2, 6, S, K).argmax(-1), feat.index)
+    hot = onehot.OneHot(torch.randint(0, K, (2, 6, S)), K)
+    parts = {"dense-first": (dense, hot), "one-hot-first": (hot, dense), "one-hot-only": (hot,)}[layout]
+    feat = onehot.concat(*parts)
+    expanded = feat.to_dense(torch.float64)
+    layer = Linear(expanded.shape[-1], OUT).double()
+    hot_cols = slice(D, None) if layout == "dense-first" else slice(S * K)
+    if layout != "one-hot-only":
+        dense_cols = slice(D) if layout == "dense-first" else slice(S * K, None)
+        assert torch.equal(expanded[..., dense_cols], dense)
+    assert torch.equal(expanded[..., hot_cols].reshape(2, 6, S, K).argmax(-1), hot.index)
     assert torch.all(expanded[..., hot_cols].sum(-1) == S)
     grad_out = torch.randn(2, 6, OUT, dtype=torch.float64)
 
@@ -170,7 +174,23 @@ def test_linear_on_one_hot_features_equals_the_dense_product(one_hot_first, monk
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # The columns of classes that are never hot get no gradient.
     cold = torch.ones(S * K, dtype=torch.bool)
-    cold[(feat.index + K * torch.arange(S)).flatten()] = False
+    cold[(hot.index + K * torch.arange(S)).flatten()] = False
     assert torch.all(layer.weight.grad[:, hot_cols][:, cold] == 0)
-    with pytest.raises(ValueError, match=r"Linear\(17, ...\) got one-hot features of 5 \+ 3 x 5 = 20"):
-        layer(OneHotFeatures(dense, feat.index, 5))
+    with pytest.raises(ValueError, match=r"a layer of 7 inputs got features of widths \[5, 12\]"):
+        onehot.linear(onehot.concat(dense, hot), layer.weight[:, :7], None)
+
+
+def test_one_hot_features_stack_and_sample_like_the_dense_ones():
+    """`stack` keeps the parts' layout; `sample_like` draws the hot classes with the law of the dense
+    sample (a categorical with unimix), checked against the exact probabilities."""
+    hot = onehot.OneHot(torch.tensor([[0, 2]]), 3)
+    feats = [onehot.concat(torch.full((1, 2), float(t)), hot) for t in range(4)]
+    stacked = onehot.stack(feats, 1)
+    torch.testing.assert_close(stacked.to_dense(), torch.stack([f.to_dense() for f in feats], 1))
+    assert torch.equal(onehot.stack([torch.ones(2), torch.zeros(2)], 0), torch.tensor([[1.0, 1], [0, 0]]))
+    dist = OneHotCategorical(torch.tensor([[0.0, 1.0, 3.0]]).expand(20000, 3), unimix=0.1)
+    torch.manual_seed(0)
+    index = onehot.sample_like(dist, hot).index
+    freq = torch.bincount(index, minlength=3).double() / index.numel()
+    torch.testing.assert_close(freq, dist.probs[0].double(), atol=0.01, rtol=0)
+    assert onehot.sample_like(dist, torch.zeros(3)).shape == (20000, 3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.returns import ReturnScaler, lambda_return
+from agent.returns import RetNorm, RetStats, lambda_return, percentile_ema
 
 
 def naive_lambda_return(reward, cont, value, lam):
@@ -92,44 +92,50 @@ def test_lambda_return_rejects_mismatched_shapes():
         lambda_return(torch.zeros(2, 5), torch.zeros(2, 4), torch.zeros(2, 5), 0.95)
 
 
-def test_return_scaler_matches_numpy_percentiles_and_ema():
+def test_retnorm_matches_numpy_percentiles_and_ema():
     rng = np.random.default_rng(0)
-    scaler = ReturnScaler(decay=0.99, low=5.0, high=95.0, limit=1.0)
+    retnorm = RetNorm(decay=0.99, low=5.0, high=95.0, limit=1.0)
     lo = hi = 0.0
     for i in range(3):
         ret = rng.normal(loc=i, scale=40.0, size=(64, 15)).astype(np.float32)
-        scaler.update(torch.tensor(ret))
+        stats = retnorm.update(torch.tensor(ret))
+        retnorm.commit(stats)
         lo = 0.99 * lo + 0.01 * np.percentile(ret, 5)
         hi = 0.99 * hi + 0.01 * np.percentile(ret, 95)
-        np.testing.assert_allclose(scaler.lo.item(), lo, rtol=1e-5)
-        np.testing.assert_allclose(scaler.hi.item(), hi, rtol=1e-5)
-        np.testing.assert_allclose(scaler.scale().item(), max(1.0, hi - lo), rtol=1e-5)
-    assert scaler.scale().item() > 1.0
+        np.testing.assert_allclose(retnorm.lo.item(), lo, rtol=1e-5)
+        np.testing.assert_allclose(retnorm.hi.item(), hi, rtol=1e-5)
+        np.testing.assert_allclose(stats.scale(1.0).item(), max(1.0, hi - lo), rtol=1e-5)
+    assert retnorm.stats.scale(1.0).item() > 1.0
 
 
-def test_return_scaler_floor_and_state_dict_round_trip():
-    scaler = ReturnScaler(decay=0.5, limit=1.0)
-    scaler.update(torch.linspace(0, 1, 101))
+def test_retnorm_update_is_pure_until_committed():
+    """`update` returns the new statistics and leaves the held ones alone; `percentile_ema` is the same
+    function of the statistics it is given."""
+    retnorm = RetNorm(decay=0.5)
+    ret = torch.linspace(0, 1, 101)
+    stats = retnorm.update(ret)
+    assert retnorm.lo.item() == retnorm.hi.item() == 0.0
+    again = percentile_ema(RetStats(torch.tensor(0.0), torch.tensor(0.0)), ret, 0.5, 5.0, 95.0)
+    assert torch.equal(stats.lo, again.lo) and torch.equal(stats.hi, again.hi)
+    # Non-finite returns give non-finite statistics, which the agent never commits (its update is
+    # skipped as a whole, test_agent).
+    assert not torch.isfinite(retnorm.update(torch.tensor([1.0, float("nan")])).hi)
+
+
+def test_retnorm_floor_and_state_dict_round_trip():
+    retnorm = RetNorm(decay=0.5, limit=1.0)
+    retnorm.commit(retnorm.update(torch.linspace(0, 1, 101)))
     # hi - lo = 0.5 * (0.95 - 0.05) = 0.45 < 1, so the floor applies.
-    assert scaler.scale().item() == 1.0
-    np.testing.assert_allclose(scaler.hi.item() - scaler.lo.item(), 0.45, rtol=1e-6)
-    other = ReturnScaler(decay=0.5)
-    other.load_state_dict(scaler.state_dict())
-    assert other.lo.item() == scaler.lo.item() and other.hi.item() == scaler.hi.item()
-    assert set(scaler.state_dict()) == {"lo", "hi"}
+    assert retnorm.stats.scale(1.0).item() == 1.0
+    np.testing.assert_allclose(retnorm.hi.item() - retnorm.lo.item(), 0.45, rtol=1e-6)
+    other = RetNorm(decay=0.5)
+    other.load_state_dict(retnorm.state_dict())
+    assert other.lo.item() == retnorm.lo.item() and other.hi.item() == retnorm.hi.item()
+    assert set(retnorm.state_dict()) == {"lo", "hi"}
 
 
-def test_return_scaler_ignores_nonfinite_batches():
-    scaler = ReturnScaler(decay=0.9)
-    scaler.update(torch.arange(100.0))
-    lo, hi = scaler.lo.item(), scaler.hi.item()
-    scaler.update(torch.tensor([1.0, float("nan"), 3.0]))
-    scaler.update(torch.tensor([1.0, float("inf")]))
-    assert (scaler.lo.item(), scaler.hi.item()) == (lo, hi)
-
-
-def test_return_scaler_rejects_bad_config():
+def test_retnorm_rejects_bad_config():
     with pytest.raises(ValueError, match="retnorm_decay"):
-        ReturnScaler(decay=1.0)
+        RetNorm(decay=1.0)
     with pytest.raises(ValueError, match="retnorm_low/high"):
-        ReturnScaler(low=95.0, high=5.0)
+        RetNorm(low=95.0, high=5.0)

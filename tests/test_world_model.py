@@ -1,5 +1,7 @@
 """World model: shapes and metrics, gradient health, stop-gradient directions, resets, acting, fitting."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,9 @@ import torch.nn.functional as F
 
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
+from nets.onehot import Features, OneHot
 from world_model.rssm import RSSMState
-from world_model.world_model import LOSS_KEYS, WorldModel
+from world_model.world_model import WorldModel
 
 SPACES = {
     "vector": {"vector": ArraySpec((4,), np.float32)},
@@ -22,6 +25,14 @@ def make(obs="both", seed=0, **overrides):
     torch.manual_seed(seed)
     cfg = load_config(["debug"], {"world_model": overrides})
     return WorldModel(cfg.world_model, SPACES[obs], ACT, discount=0.99)
+
+
+SCALES = dataclasses.asdict(load_config(["debug"]).world_model.loss_scales)
+
+
+def model_loss(out, scales=SCALES):
+    """The world model's share of the agent's loss: its terms' means, scaled and summed."""
+    return sum(scales[k] * v.mean() for k, v in out.losses.items())
 
 
 def batch(obs="both", B=3, T=6, seed=0):
@@ -48,21 +59,19 @@ def batch(obs="both", B=3, T=6, seed=0):
 def test_loss_terms_shapes_and_metrics(obs):
     wm, data = make(obs), batch(obs)
     out = wm.loss(data)
-    assert set(out.losses) == set(LOSS_KEYS)
+    assert set(out.losses) == set(SCALES) == {"rec", "rew", "con", "dyn", "rep"}
     assert all(v.shape == (3, 6) for v in out.losses.values())
-    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    assert out.posts.deter.shape == (3, 6, 32) and out.posts.stoch.shape == (3, 6, 4, 4)
-    assert out.state.deter.shape == (3, 32) and not out.state.deter.requires_grad
+    assert out.states.deter.shape == (3, 6, 32) and out.states.stoch.shape == (3, 6, 4, 4)
+    assert out.last.deter.shape == (3, 32) and not out.last.deter.requires_grad
     m = out.metrics
     for key in ["elbo", "rate", "distortion", "prior_ent", "post_ent", "kl/max", "distortion/reward"]:
         assert key in m and torch.isfinite(m[key])
     assert ("bits_per_dim/image" in m) == ("image" in SPACES[obs])
     for key in SPACES[obs]:
         assert f"distortion/{key}" in m and f"rec/{key}" in m
-    # ELBO = -distortion - rate; the loss is the scaled sum of the unreduced terms.
+    # ELBO = -distortion - rate.
     torch.testing.assert_close(m["elbo"], -m["distortion"] - m["rate"])
-    scales = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
-    torch.testing.assert_close(out.loss, sum(scales[k] * v for k, v in out.losses.items()).mean())
+    assert SCALES == {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
 
 
 def test_distortion_uses_gaussian_with_obs_std_in_symlog_space():
@@ -76,8 +85,8 @@ def test_distortion_uses_gaussian_with_obs_std_in_symlog_space():
 def test_heads_start_at_exactly_zero_reward():
     wm = make("vector")
     feat = torch.randn(5, 7, wm.feat_size)
-    assert torch.all(wm.reward_dist(feat).mean() == 0)
-    assert wm.cont_dist(feat).mean().shape == (5, 7)
+    assert torch.all(wm.reward(feat).mean() == 0)
+    assert wm.cont(feat).mean().shape == (5, 7)
 
 
 def test_continuation_target_is_discounted():
@@ -85,7 +94,7 @@ def test_continuation_target_is_discounted():
     feat = torch.randn(3, 6, wm.feat_size)
     lik = wm.likelihood(feat, data)
     target = (1.0 - data["is_terminal"].float()) * 0.99
-    torch.testing.assert_close(lik.con, -wm.cont_dist(feat).log_prob(target))
+    torch.testing.assert_close(lik.con, -wm.cont(feat).log_prob(target))
     wm_v1 = make("vector", cont_discount=False)
     assert wm_v1.discount == 1.0
 
@@ -104,7 +113,7 @@ def test_every_parameter_gets_finite_nonzero_gradient(overrides):
     # One step first: the zero-initialized reward output blocks gradients to its hidden layer at init.
     for _ in range(2):
         opt.zero_grad()
-        wm.loss(data).loss.backward()
+        model_loss(wm.loss(data)).backward()
         opt.step()
     for name, p in wm.named_parameters():
         assert p.grad is not None, name
@@ -159,12 +168,12 @@ def test_state_resets_where_is_first():
     other = dict(data, vector=data["vector"].clone(), action=data["action"].clone())
     other["vector"][0, :3] += 5.0
     other["action"][0, :3] = other["action"][0, :3].flip(-1)
-    carried = RSSMState(torch.randn(3, 32), a.state.stoch)
+    carried = RSSMState(torch.randn(3, 32), a.last.stoch)
     torch.manual_seed(1)
     b = wm.loss(other, state=carried)
     # Sequence 0 restarts at t = 3: from there on nothing before it matters.
-    torch.testing.assert_close(a.posts.deter[0, 3:], b.posts.deter[0, 3:])
-    assert not torch.allclose(a.posts.deter[0, 2], b.posts.deter[0, 2])
+    torch.testing.assert_close(a.states.deter[0, 3:], b.states.deter[0, 3:])
+    assert not torch.allclose(a.states.deter[0, 2], b.states.deter[0, 2])
 
 
 def test_observe_step_matches_observe():
@@ -177,8 +186,8 @@ def test_observe_step_matches_observe():
     for t in range(6):
         obs = {k: data[k][:, t] for k in ("vector", "image")}
         state = wm.observe_step(state, prev[:, t], obs, data["is_first"][:, t])
-    torch.testing.assert_close(state.deter, out.state.deter)
-    torch.testing.assert_close(state.stoch, out.state.stoch)
+    torch.testing.assert_close(state.deter, out.last.deter)
+    torch.testing.assert_close(state.stoch, out.last.stoch)
 
 
 def test_imagine_shapes_and_actions():
@@ -199,8 +208,25 @@ def test_imagine_shapes_and_actions():
     after = wm.rssm.img_step(start, actions[:, 0])
     torch.testing.assert_close(feat[:, 1, :32], after.deter)
     assert actions[:, :, 1].tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0]] * 5
-    with pytest.raises(ValueError, match="one-hot features need world_model.latent 'categorical'"):
-        wm.rssm.imagine(start, policy, horizon=4, one_hot=True)
+
+
+def test_imagine_from_hot_classes_keeps_them():
+    """A start whose one-hot latents are held as hot classes imagines states held the same way: features
+    with the dense deter and OneHot latents, equal to the dense features of the same states."""
+    wm = make("vector")
+    start = RSSMState(torch.randn(5, 32), F.one_hot(torch.randint(0, 4, (5, 4)), 4).float())
+    feat, actions = wm.rssm.imagine(
+        RSSMState(start.deter, OneHot.of(start.stoch)),
+        lambda f: F.one_hot(torch.zeros(5, dtype=torch.long), 3).float(),
+        horizon=3,
+    )
+    assert isinstance(feat, Features) and isinstance(feat.parts[1], OneHot)
+    deter, stoch = feat.parts
+    assert deter.shape == (5, 4, 32) and stoch.index.shape == (5, 4, 4) and actions.shape == (5, 4, 3)
+    torch.testing.assert_close(feat.to_dense()[:, 0], wm.feat(start))
+    # Each imagined state follows from the one before by the dense step (same deter).
+    state = RSSMState(deter[:, 1], F.one_hot(stoch.index[:, 1], 4).float())
+    torch.testing.assert_close(wm.rssm.img_step(state, actions[:, 1]).deter, deter[:, 2])
 
 
 @pytest.mark.parametrize("dyn_inputs", ["separate", "joint"])
@@ -215,9 +241,9 @@ def test_dynamics_read_one_hot_stoch_as_the_dense_one(dyn_inputs):
         torch.randn(5, rssm.deter, dtype=torch.float64), F.one_hot(index, rssm.classes).double()
     )
     action = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    dense = rssm._dynamics(state.deter, state.stoch, action)
+    dense = rssm._dynamics(state, action)
     (dense_grad,) = torch.autograd.grad(dense.sum(), action)
-    gathered = rssm._dynamics(state.deter, index, action)
+    gathered = rssm._dynamics(RSSMState(state.deter, OneHot(index, rssm.classes)), action)
     (gathered_grad,) = torch.autograd.grad(gathered.sum(), action)
     torch.testing.assert_close(gathered, dense, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gathered_grad, dense_grad, rtol=1e-12, atol=1e-12)
@@ -276,7 +302,7 @@ def test_v1_dynamics_take_one_embedding_of_stoch_and_action():
     assert rssm.core.gates.weight.shape == (3 * 256, 256 + 256)
     assert sum(isinstance(m, torch.nn.Linear) for m in rssm.prior_net.modules()) == 2  # hidden + stats
     out = wm.loss(batch("vector"))
-    out.loss.backward()
+    model_loss(out).backward()
     for name, p in rssm.named_parameters():
         if name.startswith(("in_joint", "core")):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -302,7 +328,7 @@ def test_channels_last_conv_weights_give_the_results_of_the_plain_layout(preset)
     def loss_and_grads():
         torch.manual_seed(0)
         wm.zero_grad()
-        loss = wm.loss(data).loss
+        loss = model_loss(wm.loss(data))
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in wm.named_parameters() if p.grad is not None}
 
@@ -323,8 +349,8 @@ def test_strided_world_model_trains(obs):
         batch(obs),
     )
     out = wm.loss(data)
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
+    model_loss(out).backward()
+    assert torch.isfinite(model_loss(out))
     for name, p in wm.named_parameters():
         if name.startswith(("encoder.convs", "decoder.convs")):
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -380,7 +406,7 @@ def test_fitting_a_linear_system_raises_elbo_and_lowers_open_loop_error():
         data, _ = linear_system(8, 12, seed=step)
         out = wm.loss(data)
         opt.zero_grad()
-        out.loss.backward()
+        model_loss(out).backward()
         opt.step()
     with torch.no_grad():
         elbo_end = wm.loss(eval_data).metrics["elbo"].item()

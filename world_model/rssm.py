@@ -12,7 +12,8 @@ them into a distribution whose `log_prob`, `entropy` and `kl` are summed over th
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from nets.distributions import DiagNormal, OneHotCategorical
-from nets.layers import MLP, BlockLinear, Linear, Norm, OneHotFeatures, trunc_normal_fan_in_
+from nets.layers import MLP, BlockLinear, Linear, Norm, trunc_normal_fan_in_
+from nets.onehot import Features, OneHot, concat, sample_like, stack
 
 LATENTS = ("categorical", "gaussian")
 GRUS = ("block", "plain")
@@ -29,20 +31,22 @@ INITIALS = ("zeros", "learned")
 
 
 class RSSMState(NamedTuple):
-    """deter: [..., D]; stoch: [..., S, K] one-hot (categorical) or [..., S] (gaussian)."""
+    """deter: [..., D]; stoch: [..., S, K] one-hot (categorical) or [..., S] (gaussian). A one-hot stoch
+    that no gradient needs may be held as its hot classes (`nets.onehot.OneHot`)."""
 
     deter: torch.Tensor
-    stoch: torch.Tensor
+    stoch: torch.Tensor | OneHot
 
 
 class ObserveOutput(NamedTuple):
-    """posts: RSSMState [B, T, ...] (posterior samples, with gradient); post, prior: stats [B, T, S, *];
-    state: the last posterior state [B, ...] (with gradient; detach it to carry across batches)."""
+    """states: RSSMState [B, T, ...], the posterior samples (with gradient); post_stats, prior_stats:
+    [B, T, S, *] the statistics of q(z_t | h_t, e_t) and p(z_t | h_t); last: the last posterior state
+    [B, ...] (with gradient; detach it to carry across batches)."""
 
-    posts: RSSMState
-    post: torch.Tensor
-    prior: torch.Tensor
-    state: RSSMState
+    states: RSSMState
+    post_stats: torch.Tensor
+    prior_stats: torch.Tensor
+    last: RSSMState
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -204,10 +208,13 @@ class RSSM(nn.Module):
         deter = torch.tanh(self.init_deter).expand(batch_size, self.deter)
         return RSSMState(deter, self.dist(self.prior(deter)).mode())
 
-    def feat(self, state: RSSMState) -> torch.Tensor:
+    def feat(self, state: RSSMState) -> torch.Tensor | Features:
         """[..., D + S*K] (or D + S): deter and flattened stoch."""
-        stoch = state.stoch.flatten(-2) if self.latent == "categorical" else state.stoch
-        return torch.cat([state.deter, stoch], -1)
+        return concat(state.deter, self._flat(state.stoch))
+
+    def _flat(self, stoch: torch.Tensor | OneHot) -> torch.Tensor | OneHot:
+        """stoch as features: [..., S, K] -> [..., S*K] (categorical), [..., S] as it is (gaussian)."""
+        return stoch.flatten(-2) if self.latent == "categorical" else stoch
 
     def _reset(
         self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor, init: RSSMState | None = None
@@ -221,48 +228,42 @@ class RSSM(nn.Module):
         stoch = torch.where(_expand(is_first, state.stoch), init.stoch, state.stoch)
         return RSSMState(deter, stoch), action
 
-    def _dynamics(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """h_t from (h, z, a) of the previous step: [N, D]. `stoch` is z ([N, S, K] or [N, S]), or, for a
-        one-hot z that no gradient needs to reach, its hot classes [N, S] (int64), which the input layer
-        reads as OneHotFeatures (a gather of S weight columns)."""
+    def _dynamics(self, state: RSSMState, action: torch.Tensor) -> torch.Tensor:
+        """h_t from the previous state and the action taken there: [N, D]."""
         # Actions are scaled into [-1, 1] without a gradient through the scale (reference `_core`).
         action = action / torch.clamp(action.abs(), min=1.0).detach()
+        stoch = self._flat(state.stoch)
         if self.joint_inputs:
-            x = self.in_joint(self._stoch_then(stoch, action))
+            x = self.in_joint(concat(stoch, action))
         else:
-            z = self._stoch_then(stoch, action[..., :0])
-            x = torch.cat([self.in_deter(deter), self.in_stoch(z), self.in_action(action)], -1)
-        return self.core(deter, x)
+            x = torch.cat(
+                [self.in_deter(state.deter), self.in_stoch(concat(stoch)), self.in_action(action)], -1
+            )
+        return self.core(state.deter, x)
 
-    def _stoch_then(self, stoch: torch.Tensor, rest: torch.Tensor):
-        """[z, rest] as a layer's input: dense, or OneHotFeatures where `stoch` holds the hot classes."""
-        if not stoch.is_floating_point():
-            return OneHotFeatures(rest, stoch, self.classes, one_hot_first=True)
-        stoch = stoch.flatten(-2) if self.latent == "categorical" else stoch
-        return torch.cat([stoch, rest], -1) if rest.shape[-1] else stoch
-
-    # --- steps -----------------------------------------------------------------------------------
+    # --- steps ---------------------------------------------------------------------------------
     def img_step(
         self, state: RSSMState, action: torch.Tensor, is_first: torch.Tensor | None = None
     ) -> RSSMState:
-        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior)."""
+        """One prior step: state [N], action [N, A] (taken at `state`) -> next state [N] (sampled prior,
+        held like `state.stoch`)."""
         if is_first is not None:
             state, action = self._reset(state, action, is_first)
-        deter = self._dynamics(state.deter, state.stoch, action)
-        return RSSMState(deter, self.dist(self.prior(deter)).sample())
+        deter = self._dynamics(state, action)
+        return RSSMState(deter, sample_like(self.dist(self.prior(deter)), state.stoch))
 
     def obs_step(
-        self,
-        state: RSSMState,
-        prev_action: torch.Tensor,
-        embed_proj: torch.Tensor,
-        is_first: torch.Tensor,
-        init: RSSMState | None = None,
+        self, state: RSSMState, prev_action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
     ) -> tuple[RSSMState, torch.Tensor]:
-        """One posterior step; embed_proj = `post_e(embed)` [N, hidden]; `init`: see `_reset`.
-        Returns (state [N], post stats)."""
+        """One posterior step: state [N], prev_action [N, A], embed [N, E], is_first [N] -> (state [N],
+        posterior stats [N, S, *])."""
+        return self._obs_step(state, prev_action, self.post_e(embed), is_first, self.initial(1))
+
+    def _obs_step(self, state, prev_action, embed_proj, is_first, init):
+        """`obs_step` on the embedding's share of the first posterior layer, `post_e(embed)` [N, hidden]
+        (computed for all steps of a sequence at once), with `init = initial(1)` (see `_reset`)."""
         state, prev_action = self._reset(state, prev_action, is_first, init)
-        deter = self._dynamics(state.deter, state.stoch, prev_action)
+        deter = self._dynamics(state, prev_action)
         x = F.silu(self.post_norm(self.post_h(deter) + embed_proj))
         stats = self._stats(self.post_net(x))
         return RSSMState(deter, self.dist(stats).sample()), stats
@@ -279,56 +280,33 @@ class RSSM(nn.Module):
             state: RSSMState [B, ...] before the first step.
         """
         B, T = is_first.shape
-        embed_proj = self.post_e(embed)  # [B, T, hidden], all steps at once
-        init = self.initial(1)  # the same at every step
-        deters, stochs, stats = [], [], []
+        embed_proj = self.post_e(embed)  # [B, T, hidden]
+        init = self.initial(1)
+        states, stats = [], []
         for t in range(T):
-            state, post = self.obs_step(state, prev_action[:, t], embed_proj[:, t], is_first[:, t], init)
-            deters.append(state.deter)
-            stochs.append(state.stoch)
+            state, post = self._obs_step(state, prev_action[:, t], embed_proj[:, t], is_first[:, t], init)
+            states.append(state)
             stats.append(post)
-        posts = RSSMState(torch.stack(deters, 1), torch.stack(stochs, 1))
-        # The prior is not needed inside the loop: compute it for all B x T steps at once.
-        return ObserveOutput(posts, torch.stack(stats, 1), self.prior(posts.deter), state)
+        states = RSSMState(*(torch.stack(x, 1) for x in zip(*states, strict=True)))
+        # The prior is not needed inside the loop: computed for all B x T steps at once.
+        return ObserveOutput(states, torch.stack(stats, 1), self.prior(states.deter), state)
 
     def imagine(
-        self,
-        state: RSSMState,
-        policy: Callable[[torch.Tensor | OneHotFeatures], torch.Tensor],
-        horizon: int,
-        one_hot: bool = False,
-    ) -> tuple[torch.Tensor | OneHotFeatures, torch.Tensor]:
-        """Roll the prior forward with actions from `policy`.
+        self, start: RSSMState, policy: Callable[[torch.Tensor | Features], torch.Tensor], horizon: int
+    ) -> tuple[torch.Tensor | Features, torch.Tensor]:
+        """Roll the prior forward from `start` [N] with the actions of `policy` (features [N, F], detached
+        as in the reference -> action [N, A]) for H = `horizon` steps.
 
-        Args:
-            state: RSSMState [N, ...], the start (index 0 of the output).
-            policy: maps the features [N, F] of a state (detached, as in the reference) to an action [N, A].
-            horizon: H imagined steps.
-            one_hot: features as OneHotFeatures (categorical latents; no gradient reaches their stoch).
-        Returns:
-            feat: [N, H + 1, F], the features of the start and of the H imagined states (stacked once:
-            the policy's input is the same step's features); actions: [N, H + 1, A], the action taken at
-            each state.
+        Returns the features [N, H+1, F] of the start and the imagined states, and the action [N, H+1, A]
+        taken at each.
         """
-        # One-hot: the stoch of each state (exactly one-hot: a sample) is carried as its hot classes.
-        if one_hot and self.latent != "categorical":
-            raise ValueError("one-hot features need world_model.latent 'categorical'")
-        deter, stoch = (state.deter, state.stoch.argmax(-1)) if one_hot else state
-        feats, actions = [], []
+        state, feats, actions = start, [], []
         for t in range(horizon + 1):
-            if one_hot:
-                feats.append(OneHotFeatures(deter, stoch, self.classes))
-            else:
-                feats.append(self.feat(RSSMState(deter, stoch)))
+            feats.append(self.feat(state))
             actions.append(policy(feats[-1].detach()))
             if t < horizon:
-                deter = self._dynamics(deter, stoch, actions[-1])
-                prior = self.dist(self.prior(deter))
-                stoch = prior.sample_index() if one_hot else prior.sample()
-        if one_hot:
-            deter, index = torch.stack([f.dense for f in feats], 1), torch.stack([f.index for f in feats], 1)
-            return OneHotFeatures(deter, index, self.classes), torch.stack(actions, 1)
-        return torch.stack(feats, 1), torch.stack(actions, 1)
+                state = self.img_step(state, actions[-1])
+        return stack(feats, 1), torch.stack(actions, 1)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The world model: encoder, RSSM, decoder, reward and continuation heads, trained by the sequential ELBO.
 
-Losses are unreduced [B, T] tensors keyed like `loss_scales` (`rec rew con dyn rep`) and combined in
-`WorldModel.loss` only. Beside them the pure ELBO is reported per step in nats, with its rate (KL of the
-posterior to the prior) and distortion (negative log-likelihoods with their normalizing constants):
+Losses are unreduced [B, T] tensors keyed like `loss_scales` (`rec rew con dyn rep`), summed with the
+agent's in one place (`Agent.loss`). Beside them the pure ELBO is reported per step in nats, with its
+rate (KL of the posterior to the prior) and distortion (negative log-likelihoods with their normalizing
+constants):
 
 - vectors: Gaussian with std `obs_std` over symlog(x) (the decoder's output space), so it is a density
   over symlog(x), not x; the training term is the reference's squared error in symlog space.
@@ -19,28 +20,25 @@ import math
 from typing import NamedTuple
 
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 from torch import nn
 
 from envs.spaces import ActionSpace, ArraySpec
-from nets.distributions import Bernoulli, TwoHot
+from nets.onehot import OneHot
 from world_model import elbo
 from world_model.decoder import Decoder
 from world_model.encoder import Encoder
 from world_model.heads import BernoulliHead, TwoHotHead
 from world_model.rssm import RSSM, RSSMState
 
-LOSS_KEYS = ("rec", "rew", "con", "dyn", "rep")
-
 
 class WorldModelOutput(NamedTuple):
-    """loss: scalar; losses: {rec, rew, con, dyn, rep} each [B, T]; posts: RSSMState [B, T, ...] with
-    gradient; state: last posterior state [B, ...], detached; metrics: scalar tensors, detached."""
+    """losses: {rec, rew, con, dyn, rep} each [B, T], unreduced; states: the posterior RSSMState [B, T, ...]
+    with gradient; last: the last posterior state [B, ...], detached; metrics: scalar tensors, detached."""
 
-    loss: torch.Tensor
     losses: dict[str, torch.Tensor]
-    posts: RSSMState
-    state: RSSMState
+    states: RSSMState
+    last: RSSMState
     metrics: dict[str, torch.Tensor]
 
 
@@ -88,7 +86,6 @@ class WorldModel(nn.Module):
         self.obs_space, self.act_space = obs_space, act_space
         self.discount = discount if config.cont_discount else 1.0
         self.free_nats, self.obs_std = config.free_nats, config.obs_std
-        self.scales = {k: float(getattr(config.loss_scales, k)) for k in LOSS_KEYS}
         self.decoded_keys = self.decoder.vector_keys + self.decoder.image_keys
         self.image_keys = self.decoder.image_keys
 
@@ -99,12 +96,6 @@ class WorldModel(nn.Module):
     def feat(self, state: RSSMState) -> torch.Tensor:
         """[..., feat_size] = [deter, flatten(stoch)]."""
         return self.rssm.feat(state)
-
-    def reward_dist(self, feat: torch.Tensor) -> TwoHot:
-        return self.reward(feat)
-
-    def cont_dist(self, feat: torch.Tensor) -> Bernoulli:
-        return self.cont(feat)
 
     # --- data ------------------------------------------------------------------------------------
     def _obs(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -135,28 +126,26 @@ class WorldModel(nn.Module):
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, data: dict[str, torch.Tensor], state: RSSMState | None = None) -> WorldModelOutput:
-        """The world-model loss on a batch of [B, T, ...] tensors (see the module docstring)."""
+        """The world-model loss terms on a batch of [B, T, ...] tensors (see the module docstring), from
+        `state` [B] before the first step (None: the initial state)."""
         is_first = data["is_first"].bool()
         B, T = is_first.shape
         # 1. Encode all B x T steps at once, then the posterior scan.
         embed = self.encoder(self._obs(data))
         state = self.initial(B) if state is None else state
         out = self.rssm.observe(embed, self.prev_actions(data["action"].float(), is_first), is_first, state)
-        feat = self.rssm.feat(out.posts)
+        feat = self.rssm.feat(out.states)
         # 2. Likelihood terms (all steps at once) and the balanced KL.
         lik = self.likelihood(feat, data)
-        kl = elbo.kl_balance(self.rssm.dist, out.post, out.prior, self.free_nats)
-        # 3. Combine the unreduced [B, T] losses in one place.
+        kl = elbo.kl_balance(self.rssm.dist, out.post_stats, out.prior_stats, self.free_nats)
         losses = {"rec": sum(lik.rec.values()), "rew": lik.rew, "con": lik.con, "dyn": kl.dyn, "rep": kl.rep}
-        loss = sum(self.scales[k] * v for k, v in losses.items()).mean()
-        metrics = self._metrics(losses, lik, kl.rate, out)
-        last = RSSMState(out.state.deter.detach(), out.state.stoch.detach())
-        return WorldModelOutput(loss, losses, out.posts, last, metrics)
+        metrics = self._metrics(lik, kl.rate, out)
+        last = RSSMState(out.last.deter.detach(), out.last.stoch.detach())
+        return WorldModelOutput(losses, out.states, last, metrics)
 
     @torch.no_grad()
-    def _metrics(self, losses, lik: Likelihood, rate: torch.Tensor, out) -> dict[str, torch.Tensor]:
-        metrics = {f"loss/{k}": v.mean() for k, v in losses.items()}
-        metrics.update({f"rec/{k}": v.mean() for k, v in lik.rec.items()})
+    def _metrics(self, lik: Likelihood, rate: torch.Tensor, out) -> dict[str, torch.Tensor]:
+        metrics = {f"rec/{k}": v.mean() for k, v in lik.rec.items()}
         metrics.update({f"distortion/{k}": v.mean() for k, v in lik.nll.items()})
         for key in self.image_keys:
             dims = _numel(self.obs_space[key].shape)
@@ -165,9 +154,23 @@ class WorldModel(nn.Module):
         metrics["rate"] = rate.mean()
         metrics["distortion"] = sum(lik.nll.values()).mean()
         metrics["kl/max"] = rate.max()
-        metrics["prior_ent"] = self.rssm.dist(out.prior).entropy().mean()
-        metrics["post_ent"] = self.rssm.dist(out.post).entropy().mean()
+        metrics["prior_ent"] = self.rssm.dist(out.prior_stats).entropy().mean()
+        metrics["post_ent"] = self.rssm.dist(out.post_stats).entropy().mean()
         return metrics
+
+    # --- imagination -----------------------------------------------------------------------------
+    def starts(self, states: RSSMState, grad: bool) -> RSSMState:
+        """Every state of `states` [B, T] as one of B*T imagination starts, detached. Without `grad` (no
+        gradient will flow through the rollout), one-hot latents are held as their hot classes, which
+        the layers read by gathers (`nets.onehot`)."""
+        deter, stoch = (rearrange(x.detach(), "b t ... -> (b t) ...") for x in states)
+        if not grad and self.rssm.latent == "categorical":
+            stoch = OneHot.of(stoch)
+        return RSSMState(deter, stoch)
+
+    def imagine(self, start: RSSMState, policy, horizon: int):
+        """Features [N, H+1, F] and actions [N, H+1, A] of a rollout from `start` [N] (`RSSM.imagine`)."""
+        return self.rssm.imagine(start, policy, horizon)
 
     # --- acting and evaluation -------------------------------------------------------------------
     def observe_step(
@@ -179,7 +182,7 @@ class WorldModel(nn.Module):
     ) -> RSSMState:
         """Posterior step for acting: state [N], prev_action [N, A], obs {key: [N, ...]}, is_first [N]."""
         embed = self.encoder(self._obs(obs))
-        state, _ = self.rssm.obs_step(state, prev_action.float(), self.rssm.post_e(embed), is_first.bool())
+        state, _ = self.rssm.obs_step(state, prev_action.float(), embed, is_first.bool())
         return state
 
     @torch.no_grad()
@@ -195,7 +198,7 @@ class WorldModel(nn.Module):
         out = self.rssm.observe(
             self.encoder(obs), prev_action[:, :context], is_first[:, :context], self.initial(B)
         )
-        state, feats = out.state, [self.rssm.feat(out.posts)]
+        state, feats = out.last, [self.rssm.feat(out.states)]
         for t in range(context, T):
             state = self.rssm.img_step(state, prev_action[:, t], is_first[:, t])
             feats.append(self.rssm.feat(state)[:, None])
@@ -217,10 +220,11 @@ class WorldModel(nn.Module):
         embed = self.encoder(self._obs(rep))
         prev = self.prev_actions(rep["action"].float(), is_first)
         out = self.rssm.observe(embed, prev, is_first, self.initial(k * B))
-        lik = self.likelihood(self.rssm.feat(out.posts), rep)
+        lik = self.likelihood(self.rssm.feat(out.states), rep)
         log_px = -sum(lik.nll.values())  # [K*B, T]
-        post, prior = self.rssm.dist(out.post), self.rssm.dist(out.prior)
-        log_w = (log_px + prior.log_prob(out.posts.stoch) - post.log_prob(out.posts.stoch)).sum(1)
+        post, prior = self.rssm.dist(out.post_stats), self.rssm.dist(out.prior_stats)
+        z = out.states.stoch
+        log_w = (log_px + prior.log_prob(z) - post.log_prob(z)).sum(1)
         elbo_kl = (log_px - post.kl(prior)).sum(1)
         log_w, elbo_kl = log_w.view(k, B), elbo_kl.view(k, B)
         return BoundOutput(elbo.iwae_bound(log_w), log_w.mean(0), elbo_kl.mean(0))
