@@ -31,7 +31,7 @@ TERMINAL_KEYS = (
     ("updates", "updates"),
     ("return", "episode/return"),
     ("eval", "eval/return"),
-    ("loss", "train/loss/model"),
+    ("loss", "train/loss/total"),
     ("elbo", "train/elbo"),
     ("rate", "train/rate"),
     ("distortion", "train/distortion"),

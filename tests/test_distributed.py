@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import train
-from agent.returns import ReturnScaler
+from agent.returns import RetNorm
 from replay.chunks import current, list_chunks
 from run.checkpoint import Checkpointer, load
 from run.distributed import DistributedError, World, fingerprint, init_world
@@ -57,10 +57,8 @@ def _collectives(rank: int, port: int, out: str) -> None:
         # The return scaler's percentiles over both ranks' returns.
         torch.manual_seed(rank)
         ret = torch.randn(64, 16) * (rank + 1)
-        scaler = ReturnScaler(decay=0.0)
-        scaler.gather = world.all_gather
-        scaler.update(ret)
-        results.update(ret=ret.tolist(), lo=float(scaler.lo), hi=float(scaler.hi))
+        stats = RetNorm(decay=0.0).update(world.all_gather(ret))
+        results.update(ret=ret.tolist(), lo=float(stats.lo), hi=float(stats.hi))
         # Rank 0's weights everywhere; flags OR-ed; sums; objects gathered on rank 0.
         torch.manual_seed(100 + rank)
         net = torch.nn.Linear(4, 3)

@@ -109,11 +109,11 @@ class StubAgent:
         self.calls += 1
         loss = ((batch["vector"] @ self.w - batch["reward"]) ** 2).mean()
         if self.nonfinite_from is not None and self.calls >= self.nonfinite_from:
-            return state, {"loss/model": float("nan"), "nonfinite": 1.0}
+            return state, {"loss/total": float("nan"), "nonfinite": 1.0}
         self.optim.zero_grad()
         loss.backward()
         self.optim.step()
-        return state, {"loss/model": loss.item(), "elbo": -loss.item(), "rate": 0.1, "distortion": 1.0}
+        return state, {"loss/total": loss.item(), "elbo": -loss.item(), "rate": 0.1, "distortion": 1.0}
 
     def report(self, batch):
         out = {"openloop/vector_mse": np.float32(0.5)}
@@ -160,7 +160,7 @@ def test_loop_counts_steps_updates_frames_and_follows_the_ratio(tmp_path):
     last = rows(tmp_path)[-1]
     assert last["step"] == 100 and last["frames"] == 200 and last["updates"] == 18
     keys = set().union(*rows(tmp_path))
-    assert {"train/loss/model", "train/elbo", "train/rate", "train/distortion"} <= keys
+    assert {"train/loss/total", "train/elbo", "train/rate", "train/distortion"} <= keys
     assert Checkpointer(tmp_path / "checkpoints").latest().name == "ckpt-000000100.pt"
 
 
@@ -198,7 +198,7 @@ def test_a_diverged_run_flushes_its_metrics_and_keeps_the_last_good_checkpoint(t
     with pytest.raises(NonFiniteError):
         train.train(config, stub_factories(agent=StubAgent(nonfinite_from=10)))
     last = rows(tmp_path)[-1]
-    assert last["nonfinite"] == 3 and last["updates"] == 9 and np.isnan(last["train/loss/model"])
+    assert last["nonfinite"] == 3 and last["updates"] == 9 and np.isnan(last["train/loss/total"])
     assert load(tmp_path)["step"] == 70
 
 
@@ -302,7 +302,7 @@ def test_entry_point_on_debug_writes_config_metrics_checkpoint_video_and_plots(t
     assert result.returncode == 0, result.stderr[-2000:]
     assert (logdir / "config.yaml").exists()
     keys = set().union(*rows(logdir))
-    assert {"train/loss/model", "train/elbo", "train/rate", "train/distortion", "frames", "updates"} <= keys
+    assert {"train/loss/total", "train/elbo", "train/rate", "train/distortion", "frames", "updates"} <= keys
     assert Checkpointer(logdir / "checkpoints").latest().name == "ckpt-000000120.pt"
     assert list((logdir / "videos").glob("report_openloop_image_*.gif"))
     assert (logdir / "plots" / "elbo.png").exists()
