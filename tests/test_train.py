@@ -260,6 +260,23 @@ def test_resume_with_stubs_continues_counters_replay_and_schedules(tmp_path):
     assert [r["step"] for r in rows(tmp_path)][-1] == 150
 
 
+def test_allocator_setting_applies_to_cpu_runs_only_and_is_announced(monkeypatch, capsys):
+    import run.host
+
+    applied = []
+    monkeypatch.setattr(run.host, "keep_freed_memory", lambda: applied.append(True) or True)
+
+    def setup(**changes):
+        train.setup_host(load_config(["debug"], {"run": {"threads": 0, **changes}}))
+
+    setup(device="cpu")
+    assert applied == [True] and capsys.readouterr().out == train.KEEP_FREED_MEMORY_NOTE + "\n"
+    setup(device="cpu", keep_freed_memory=False)
+    monkeypatch.setattr("agent.resolve_device", lambda name: torch.device("cuda"))
+    setup(device="cuda")
+    assert applied == [True] and capsys.readouterr().out == ""
+
+
 def test_unwritable_logdir_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     status = train.main(["--configs", "debug", "--logdir", str(tmp_path / "file" / "run")])
@@ -307,6 +324,7 @@ def test_entry_point_on_debug_writes_config_metrics_checkpoint_video_and_plots(t
     assert list((logdir / "videos").glob("report_openloop_image_*.gif"))
     assert (logdir / "plots" / "elbo.png").exists()
     assert f"run folder: {logdir}" in result.stdout and "plots: " in result.stdout
+    assert train.KEEP_FREED_MEMORY_NOTE in result.stdout.splitlines()  # a CPU run says it tunes glibc
 
 
 def test_second_invocation_resumes_counters_replay_and_optimizer(tmp_path):
