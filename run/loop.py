@@ -156,6 +156,7 @@ class Loop:
             if self.should_save_steps(self.counters.step) or save_time:
                 self.save()
             self.logger.progress(self.counters.step, self.config.steps)
+        # Writing logs pools every rank's scalars: all ranks write if any has some pending.
         (pending,) = self.world.any([self.logger.pending], self.agent.device)
         if pending:
             self.write_logs()
