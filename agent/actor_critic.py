@@ -27,12 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from agent.returns import RetNorm, RetStats, lambda_return
-from configs.schema import ActorCriticConfig
+from configs.schema import GRADS, ActorCriticConfig
 from envs.spaces import ActionSpace
 from nets.distributions import LOG_2PI, BoundedNormal, OneHotCategorical, TwoHot
 from nets.layers import MLP
-
-GRADS = ("reinforce", "dynamics")
 
 
 class MultiOneHot:

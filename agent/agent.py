@@ -21,13 +21,14 @@ from torch import Tensor
 from agent.actor_critic import ActorCritic, Imagination, exact_action, frozen
 from agent.optim import Optimizer
 from agent.returns import RetStats
-from configs.schema import ActorCriticConfig, OptimConfig, WorldModelConfig
+from configs.schema import PRECISIONS, ActorCriticConfig, OptimConfig, WorldModelConfig
 from envs.spaces import ActionSpace, ArraySpec
 from world_model.heads import make_bins
 from world_model.rssm import RSSMState
 from world_model.world_model import WorldModel
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+# The autocast dtype of each `run.precision` (float32: no autocast).
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
 MODES = ("train", "eval")
 # Open-loop reports: posterior context steps (as in the reference's report) and sequences shown.
 OPENLOOP_CONTEXT = 5
@@ -74,7 +75,7 @@ class Agent:
         compile: bool = False,
     ):
         if precision not in PRECISIONS:
-            raise ValueError(f"run.precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+            raise ValueError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
         self.precision = precision
         self.obs_space, self.act_space = obs_space, act_space
@@ -284,7 +285,7 @@ class Agent:
 
     # --- helpers ---------------------------------------------------------------------------------
     def _autocast(self):
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from configs.schema import OptimConfig
+from configs.schema import OPTIM_KINDS, OptimConfig
 
 # AGC never clips relative to a parameter norm below this (reference: `clip_by_agc(pmin=1e-3)`).
 AGC_PMIN = 1e-3
@@ -138,7 +138,7 @@ class Optimizer:
                 self.optimizers[name] = torch.optim.Adam(module.parameters(), lr=lr, eps=eps)
                 self.clips[name] = clip
         else:
-            raise ValueError(f"optim.kind must be 'laprop' or 'adam', got {config.kind!r}")
+            raise ValueError(f"optim.kind must be one of {OPTIM_KINDS}, got {config.kind!r}")
 
     def _adam_settings(self, name: str) -> tuple[float, float, float]:
         c = self.config

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from configs.schema import NORM_KINDS
 from nets import onehot
 from nets.onehot import Features
 
 # Std of a standard normal truncated to [-2, 2]; dividing by it restores unit variance.
 TRUNC_STD = 0.87962566103423978
-NORM_KINDS = ("rms", "layer")
 # Epsilons of the reference's norms (RMSNorm 1e-4, LayerNorm 1e-3 in embodied/jax/nets.py).
 RMS_EPS = 1e-4
 LAYER_EPS = 1e-3

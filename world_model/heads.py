@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from configs.schema import REWARD_BINS
 from nets.distributions import Bernoulli, TwoHot, symexp_bins, symlog_bins
 from nets.layers import MLP
-
-REWARD_BINS = ("symexp", "symlog")
 
 
 def make_bins(kind: str, n: int) -> tuple[torch.Tensor, str]:

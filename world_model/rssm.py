@@ -20,14 +20,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from configs.schema import DYN_INPUTS, GRUS, INITIALS, LATENTS
 from nets.distributions import DiagNormal, OneHotCategorical
 from nets.layers import MLP, BlockLinear, Linear, Norm, trunc_normal_fan_in_
 from nets.onehot import Features, OneHot, concat, sample_like, stack
-
-LATENTS = ("categorical", "gaussian")
-GRUS = ("block", "plain")
-DYN_INPUTS = ("separate", "joint")
-INITIALS = ("zeros", "learned")
 
 
 class RSSMState(NamedTuple):
