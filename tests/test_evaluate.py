@@ -137,7 +137,8 @@ def train_world_model(agent, episodes, updates, rng):
     optim = torch.optim.Adam(agent.wm.parameters(), lr=3e-3)
     for _ in range(updates):
         pick = rng.integers(0, len(windows["is_first"]), 8)
-        loss = agent.wm.loss({k: torch.as_tensor(v[pick]) for k, v in windows.items()}).loss
+        out = agent.wm.loss({k: torch.as_tensor(v[pick]) for k, v in windows.items()})
+        loss = sum(agent.scales[k] * v.mean() for k, v in out.losses.items())  # as the agent weighs them
         optim.zero_grad()
         loss.backward()
         optim.step()
