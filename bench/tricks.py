@@ -6,8 +6,6 @@ Variants, each the default update with one trick replaced by the plain computati
   every head's first layer multiplies by S*K mostly zero inputs and the prior is sampled dense, instead
   of gathering the weight columns of the hot classes and sampling them directly (`nets/onehot.py`).
 - `embedding-bag-backward`: the gathers' backward is embedding_bag's own, not `_GatherSum`'s.
-- `unpadded-linear`: layers of 64+ outputs that are not a multiple of 8 (the 255 two-hot bins) are
-  computed at their width, not 8-aligned and sliced (`Linear.pad_out`).
 
 The variants run interleaved in one process, `--rounds` times over, `--repeats` timed updates each after
 a warm-up update, on one agent per (preset, observation), so they see the same weights, batch and
@@ -35,7 +33,6 @@ import nets.onehot  # noqa: E402
 from agent import make_agent  # noqa: E402
 from bench.update import ACT_SPACE, OBS_SPACES, synthetic_batch, timed_update  # noqa: E402
 from configs.loader import load_config  # noqa: E402
-from nets.layers import Linear  # noqa: E402
 from run.host import setup_cpu  # noqa: E402
 
 
@@ -59,23 +56,10 @@ def embedding_bag_backward(agent):
         nets.onehot.gather_sum = gather_sum
 
 
-@contextlib.contextmanager
-def unpadded_linear(agent):
-    layers = [m for m in (*agent.wm.modules(), *agent.ac.modules()) if isinstance(m, Linear) and m.pad_out]
-    for m in layers:
-        m.pad_out = 0
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.pad_out = -m.out_features % 8
-
-
 VARIANTS = {
     "default": contextlib.nullcontext,
     "dense-imagination": dense_imagination,
     "embedding-bag-backward": embedding_bag_backward,
-    "unpadded-linear": unpadded_linear,
 }
 
 

@@ -19,13 +19,12 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import AddRenderObservation, RepeatAction, TimeLimit
 
-from configs.schema import EnvConfig
+from configs.schema import OBS_KINDS, EnvConfig
 from envs.codec import is_image_space
 from envs.errors import EnvError
 from envs.vec_env import VecEnv
 from envs.wrappers import GrayscaleImages, ResizeImages, RestartOnError
 
-OBS_MODES = ("state", "pixels", "both")
 SUITES = "dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari)"
 # The conv encoder halves images down to 4 x 4 (world_model.encoder.minres in the reference).
 MINRES = 4
@@ -60,8 +59,8 @@ def check_image_size(size, minres: int = MINRES) -> tuple[int, int]:
 
 def check_config(config: EnvConfig) -> None:
     """Raise an EnvError naming the first bad value of the env config."""
-    if config.obs not in OBS_MODES:
-        raise EnvError(f"env.obs '{config.obs}' is not one of {', '.join(OBS_MODES)}")
+    if config.obs not in OBS_KINDS:
+        raise EnvError(f"env.obs '{config.obs}' is not one of {', '.join(OBS_KINDS)}")
     for key in ("action_repeat", "num_envs", "eval_num_envs"):
         if getattr(config, key) < 1:
             raise EnvError(f"env.{key} must be >= 1, got {getattr(config, key)}")

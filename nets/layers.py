@@ -43,10 +43,6 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, outscale: float = 1.0):
         self.outscale = outscale
         super().__init__(in_features, out_features, bias)
-        # GEMM kernels are much slower on output widths that are not a multiple of 8: the 255 two-hot
-        # bins take 45 ms where 256 take 28 (16384 x 256 inputs, 1 CPU thread). Such layers compute 8
-        # columns more and slice them off; narrow outputs are cheap either way.
-        self.pad_out = -out_features % 8 if out_features >= 64 else 0
 
     def reset_parameters(self) -> None:
         trunc_normal_fan_in_(self.weight, self.in_features, self.outscale)
@@ -56,10 +52,6 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor | Features) -> torch.Tensor:
         if isinstance(x, Features):
             return onehot.linear(x, self.weight, self.bias)
-        if self.pad_out:
-            weight = F.pad(self.weight, (0, 0, 0, self.pad_out))
-            bias = None if self.bias is None else F.pad(self.bias, (0, self.pad_out))
-            return F.linear(x, weight, bias)[..., : self.out_features]
         return super().forward(x)
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-BACKENDS = ("auto", "nccl", "gloo")
+from configs.schema import DIST_BACKENDS
 
 
 class DistributedError(RuntimeError):
@@ -171,8 +171,8 @@ def init_world(backend: str = "auto", device: str = "auto") -> World:
     the GPU of its local rank. Without WORLD_SIZE (or with 1) this is a single process and returns
     `World()` without touching torch.distributed.
     """
-    if backend not in BACKENDS:
-        raise DistributedError(f"run.dist_backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
+    if backend not in DIST_BACKENDS:
+        raise DistributedError(f"run.dist_backend must be one of {', '.join(DIST_BACKENDS)}; got '{backend}'")
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()

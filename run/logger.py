@@ -20,10 +20,9 @@ from typing import Any, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
-from configs.schema import LoggerConfig, WandbConfig
-from run.video import FORMATS, check_frames, write_video
+from configs.schema import VIDEO_FORMATS, WANDB_MODES, LoggerConfig, WandbConfig
+from run.video import check_frames, write_video
 
-WANDB_MODES = ("online", "offline", "disabled")
 WANDB_ID_FILE = "wandb_id.txt"
 # Scalars shown on the terminal line, in this order, when present (label, metric name).
 TERMINAL_KEYS = (
@@ -274,7 +273,7 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def make_logger(config: LoggerConfig, logdir: str | os.PathLike, config_dict: dict) -> Logger:
     """The logger the config asks for; `config_dict` is the resolved config uploaded to wandb."""
     _check_choice("logger.wandb.mode", config.wandb.mode, WANDB_MODES)
-    _check_choice("logger.video_format", config.video_format, FORMATS)
+    _check_choice("logger.video_format", config.video_format, VIDEO_FORMATS)
     if config.fps < 1:
         raise ValueError(f"logger.fps must be >= 1; got {config.fps}")
     logdir = Path(logdir)

@@ -8,7 +8,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-FORMATS = ("mp4", "gif")
+from configs.schema import VIDEO_FORMATS
 
 
 def check_frames(frames: np.ndarray, name: str = "video") -> np.ndarray:
@@ -35,5 +35,5 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
     elif path.suffix == ".gif":
         imageio.mimwrite(path, frames, duration=1000 / fps, loop=0)
     else:
-        raise ValueError(f"video file {path} must end in one of {', '.join('.' + f for f in FORMATS)}")
+        raise ValueError(f"video file {path} must end in one of {', '.join('.' + f for f in VIDEO_FORMATS)}")
     return path

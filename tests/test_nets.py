@@ -123,25 +123,6 @@ def test_strided_conv_halves_and_transposed_conv_doubles(kernel):
     assert torch.all(ConvTranspose2d(3, 4, kernel, outscale=0.0).weight == 0)
 
 
-@pytest.mark.parametrize("out_features", [255, 256, 7])
-def test_linear_computes_unaligned_widths_padded_with_the_same_result(out_features):
-    """Output widths of 64 or more that are not a multiple of 8 are computed 8-aligned and sliced: the
-    outputs and all gradients are those of the plain product (float64)."""
-    torch.manual_seed(0)
-    layer = Linear(16, out_features).double()
-    assert layer.pad_out == {255: 1, 256: 0, 7: 0}[out_features]
-    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
-    out = layer(x)
-    assert out.shape == (3, 5, out_features)
-    want = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, layer.weight, layer.bias), grad_out)
-    for g, w in zip(got, torch.autograd.grad(want, (x, layer.weight, layer.bias), grad_out), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
-    assert layer.weight.shape == (out_features, 16)  # the parameters keep their shape
-
-
 @pytest.mark.parametrize("layout", ["dense-first", "one-hot-first", "one-hot-only"])
 def test_linear_on_one_hot_features_equals_the_dense_product(layout, monkeypatch):
     """A Linear reads Features with OneHot parts by gathering weight columns: the same outputs and weight,
