@@ -127,11 +127,30 @@ class Critic(nn.Module):
         return TwoHot(self.net(feat).float(), self.bins, self.space)
 
 
+class Acting:
+    """The policy of an imagined rollout: feat [N, F] -> a sampled action [N, A] (detached with `detach`,
+    so no gradient follows it into the world model), keeping the actor's outputs at every step with
+    their gradient: the losses read the policy there instead of running the actor again (`outputs`)."""
+
+    def __init__(self, actor: Actor, detach: bool):
+        self.actor, self.detach, self.outs = actor, detach, []
+
+    def __call__(self, feat: Tensor) -> Tensor:
+        self.outs.append(self.actor.net(feat))
+        action = self.actor.dist(self.outs[-1]).sample()
+        return action.detach() if self.detach else action
+
+    def outputs(self) -> Tensor:
+        """[N, H+1, P] the actor's outputs at each state of the rollout, in order."""
+        return torch.stack(self.outs, 1)
+
+
 class Imagination(NamedTuple):
     """An imagined rollout of N starts over H + 1 steps (index 0 is the start state)."""
 
     feat: Tensor  # [N, H+1, F] model features (nets.onehot.Features when one-hot latents are indices)
     action: Tensor  # [N, H+1, A] the action the actor took at each state
+    policy: Tensor  # [N, H+1, P] the actor's outputs that chose the actions (Actor.dist reads them)
     reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
     cont: Tensor  # [N, H+1] continue-head probability
 
@@ -210,7 +229,7 @@ class ActorCritic(nn.Module):
         scale = retstats.scale(cfg.retnorm_limit)
         adv = (ret - value[:, :-1].detach()) / scale
         # Heads run on all H + 1 steps and are sliced after: slicing the input first would copy it.
-        policy = self.actor(feat)
+        policy = self.actor.dist(traj.policy)
         ent = policy.entropy()[:, :-1]
         if self.grad == "reinforce":
             logpi = policy.log_prob(traj.action.detach())[:, :-1]

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from agent.actor_critic import ActorCritic, Imagination, exact_action, frozen
+from agent.actor_critic import Acting, ActorCritic, Imagination, exact_action, frozen
 from agent.optim import Optimizer
 from agent.returns import RetStats
 from configs.schema import PRECISIONS, ActorCriticConfig, OptimConfig, WorldModelConfig
@@ -166,18 +166,17 @@ class Agent:
         wm = self.wm.loss(data, carry)
         losses, metrics = dict(wm.losses), dict(wm.metrics)
 
-        # 2. Imagination from every posterior state (B*T starts). REINFORCE needs no gradient through
-        # the rollout; "dynamics" keeps the actions' gradient through the (frozen) world model.
+        # 2. Imagination from every posterior state (B*T starts) with the (frozen) world model. The actor's
+        # outputs keep their gradient for the policy loss. REINFORCE needs no gradient through the
+        # rollout (its actions go in detached); "dynamics" keeps the actions' gradient through it.
         reinforce = ac.grad == "reinforce"
         start = self.wm.starts(wm.states, grad=not reinforce)
-        with torch.no_grad() if reinforce else frozen(self.wm):
-            policy = lambda feat: ac.actor(feat).sample()
+        policy = Acting(ac.actor, detach=reinforce)
+        with frozen(self.wm):
             feat, action = self.wm.imagine(start, policy, self.ac_config.imag_horizon)
             reward = self.wm.reward(feat).mean().float()
             cont = self.wm.cont(feat).mean().float().detach()
-        if reinforce:
-            action = action.detach()
-        imag = Imagination(feat, action, reward, cont)  # [N, H+1, ...]
+        imag = Imagination(feat, action, policy.outputs(), reward, cont)  # [N, H+1, ...]
 
         # 3. Policy and value on the imagined rollout [N, H], averaged over the horizon per start; the
         # return percentiles pool the returns of all replicas.
@@ -190,8 +189,8 @@ class Agent:
             repl_feat = self.wm.feat(wm.states)
             repl_feat = repl_feat if self.ac_config.repval_grad else repl_feat.detach()
             boot = per_start(out.ret[:, 0])
-            d = data
-            losses["repval"], _ = ac.repval_loss(repl_feat, d["reward"], d["is_last"], d["is_terminal"], boot)
+            is_last, is_terminal = data["is_last"], data["is_terminal"]
+            losses["repval"], _ = ac.repval_loss(repl_feat, data["reward"], is_last, is_terminal, boot)
 
         # 5. One weighted sum. Every term with a scale is built (a zero scale may skip its term: v1 repval).
         missing = {k for k, scale in self.scales.items() if scale} - set(losses)

@@ -6,6 +6,8 @@ Variants, each the default update with one trick replaced by the plain computati
   every head's first layer multiplies by S*K mostly zero inputs and the prior is sampled dense, instead
   of gathering the weight columns of the hot classes and sampling them directly (`nets/onehot.py`).
 - `embedding-bag-backward`: the gathers' backward is embedding_bag's own, not `_GatherSum`'s.
+- `actor-again`: the policy loss runs the actor again on the imagined features instead of reading the
+  outputs it acted with in the rollout (`agent.actor_critic.Acting`).
 
 The variants run interleaved in one process, `--rounds` times over, `--repeats` timed updates each after
 a warm-up update, on one agent per (preset, observation), so they see the same weights, batch and
@@ -56,10 +58,22 @@ def embedding_bag_backward(agent):
         nets.onehot.gather_sum = gather_sum
 
 
+@contextlib.contextmanager
+def actor_again(agent):
+    imag_loss = agent.ac.imag_loss
+    again = lambda traj: traj._replace(policy=agent.ac.actor.net(traj.feat.detach()))
+    agent.ac.imag_loss = lambda traj, normalize: imag_loss(again(traj), normalize)
+    try:
+        yield
+    finally:
+        del agent.ac.imag_loss
+
+
 VARIANTS = {
     "default": contextlib.nullcontext,
     "dense-imagination": dense_imagination,
     "embedding-bag-backward": embedding_bag_backward,
+    "actor-again": actor_again,
 }
 
 

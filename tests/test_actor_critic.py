@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.actor_critic import Actor, ActorCritic, Imagination, MultiOneHot, exact_action, frozen
+from agent.actor_critic import Acting, Actor, ActorCritic, Imagination, MultiOneHot, exact_action, frozen
 from agent.returns import lambda_return
 from configs.loader import load_config
 from envs.spaces import ActionSpace
@@ -69,12 +69,12 @@ class ToyWorldModel(nn.Module):
 
 def imagine(ac, wm, starts):
     """An imagined rollout from `starts`, as `Agent.loss` imagines one (its section 2)."""
-    reinforce = ac.grad == "reinforce"
-    with torch.no_grad() if reinforce else frozen(wm):
-        feat, action = wm.imagine(starts, lambda f: ac.actor(f).sample(), ac.config.imag_horizon)
+    policy = Acting(ac.actor, detach=ac.grad == "reinforce")
+    with frozen(wm):
+        feat, action = wm.imagine(starts, policy, ac.config.imag_horizon)
         reward = wm.reward(feat).mean().float()
         cont = wm.cont(feat).mean().float().detach()
-    return Imagination(feat, action.detach() if reinforce else action, reward, cont)
+    return Imagination(feat, action, policy.outputs(), reward, cont)
 
 
 def imag_loss(ac, traj):
@@ -181,6 +181,31 @@ def test_dynamics_gradient_reaches_actor_through_the_model_only():
     assert make_ac("discrete", {"grad": "dynamics"}).grad == "reinforce"
 
 
+@pytest.mark.parametrize(
+    "kind, overrides", [("discrete", {}), ("continuous", {}), ("continuous", {"grad": "dynamics"})]
+)
+def test_reading_the_rollouts_actor_outputs_equals_running_the_actor_again(kind, overrides):
+    """The losses read the actor's outputs from the rollout (`Acting`); the plain version runs the actor
+    again on the imagined features. Same losses and gradients."""
+    wm, ac = ToyWorldModel(kind == "discrete"), make_ac(kind, overrides)
+    traj = imagine(ac, wm, wm.starts(16))
+    assert traj.policy.shape[:2] == traj.feat.shape[:2] and traj.policy.requires_grad
+
+    def losses_and_grads(t):
+        ac.zero_grad(set_to_none=True)
+        out = imag_loss(ac, t)
+        sum(v.mean() for v in out.losses.values()).backward(retain_graph=True)
+        return out.losses, {n: p.grad.clone() for n, p in ac.named_parameters() if p.grad is not None}
+
+    read, read_grads = losses_and_grads(traj)
+    again, again_grads = losses_and_grads(traj._replace(policy=ac.actor.net(traj.feat.detach())))
+    for key in read:
+        torch.testing.assert_close(read[key], again[key])
+    assert read_grads.keys() == again_grads.keys() and any(k.startswith("actor") for k in read_grads)
+    for name in read_grads:
+        torch.testing.assert_close(read_grads[name], again_grads[name], msg=name)
+
+
 def test_imag_loss_alignment_and_values():
     """With a zero critic, R_t is the lambda-return of the rewards alone; check every term by hand."""
     ac = make_ac(overrides={"entropy": 0.0})
@@ -190,7 +215,7 @@ def test_imag_loss_alignment_and_values():
     action = nn.functional.one_hot(torch.randint(0, 2, (N, H + 1), generator=g), 2).float()
     reward = torch.randn(N, H + 1, generator=g)
     cont = torch.rand(N, H + 1, generator=g)
-    out = imag_loss(ac, Imagination(feat, action, reward, cont))
+    out = imag_loss(ac, Imagination(feat, action, ac.actor.net(feat), reward, cont))
     expected_ret = lambda_return(reward, cont, torch.zeros(N, H + 1), ac.config.return_lambda)
     torch.testing.assert_close(out.ret, expected_ret)
     weight = torch.cumprod(cont, 1)[:, :-1]
@@ -210,7 +235,8 @@ def test_v1_discount_multiplies_continuation():
     N, H = 2, ac.config.imag_horizon
     cont = torch.full((N, H + 1), 0.5)
     reward = torch.ones(N, H + 1)
-    out = imag_loss(ac, Imagination(torch.randn(N, H + 1, 3), torch.zeros(N, H + 1, 2), reward, cont))
+    feat = torch.randn(N, H + 1, 3)
+    out = imag_loss(ac, Imagination(feat, torch.zeros(N, H + 1, 2), ac.actor.net(feat), reward, cont))
     torch.testing.assert_close(out.ret, lambda_return(reward, gamma * cont, torch.zeros(N, H + 1), 0.95))
     np.testing.assert_allclose(
         out.metrics["imag_weight"].item(),

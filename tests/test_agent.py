@@ -163,7 +163,8 @@ def test_behavior_losses_leave_the_world_model_alone_except_repval():
         with torch.no_grad():
             feat, action = agent.wm.imagine(start, sampler(agent), 5)
             reward, cont = agent.wm.reward(feat).mean(), agent.wm.cont(feat).mean()
-        imag = agent.ac.imag_loss(Imagination(feat, action, reward, cont), agent.ac.retnorm.update)
+        traj = Imagination(feat, action, agent.ac.actor.net(feat), reward, cont)
+        imag = agent.ac.imag_loss(traj, agent.ac.retnorm.update)
         assert imag.losses["policy"].shape == imag.losses["value"].shape == (B * T, 5)
         (imag.losses["policy"].mean() + imag.losses["value"].mean()).backward(retain_graph=True)
         assert all(p.grad is None for p in agent.wm.parameters())
@@ -356,7 +357,8 @@ def test_reinforce_imagines_one_hot_features_with_the_dense_losses_and_gradients
         agent.ac.zero_grad(set_to_none=True)
         with torch.no_grad():
             reward, cont = agent.wm.reward(f).mean(), agent.wm.cont(f).mean()
-        out = agent.ac.imag_loss(Imagination(f, action, reward, cont), agent.ac.retnorm.update)
+        traj = Imagination(f, action, agent.ac.actor.net(f), reward, cont)
+        out = agent.ac.imag_loss(traj, agent.ac.retnorm.update)
         sum(v.mean() for v in out.losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in agent.ac.named_parameters() if p.grad is not None}
         return {k: v.detach() for k, v in out.losses.items()}, grads
