@@ -3,9 +3,14 @@
 A checkpoint is one `torch.save` file of a dict (agent weights and optimizer states, loop counters and
 schedules, replay sampler state, random states, the resolved config as YAML). It is written to a
 temporary file, fsynced, and renamed over its final name, so a crash or a full disk never leaves a
-half-written checkpoint under a real name; a `.sha256` file beside it detects later corruption.
-Loading uses `torch.load(weights_only=True)`: a checkpoint file can never run code. Numpy arrays, which
-that loader refuses, are stored as tagged tensors and come back as arrays.
+half-written checkpoint under a real name. Its `.sha256` digest is written before that rename, so every
+checkpoint under a real name has one, and a file changed later (a flipped byte, a truncation) is
+refused. Loading uses `torch.load(weights_only=True)`: a checkpoint file can never run code. Numpy
+arrays, which that loader refuses, are stored as tagged tensors and come back as arrays.
+
+When the newest checkpoint is unreadable, the previous one is used (`load_newest`); the run that owns
+the folder moves a corrupt file aside to `<name>.corrupt`, where it no longer counts among the kept
+checkpoints and is not tried again.
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, Callable, NamedTuple
 
 import numpy as np
 import torch
 import yaml
 
-from util.files import write_atomic
+from util.files import TMP_SUFFIX, write_atomic
 
 FORMAT = 1
 NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 NDARRAY_TAG = "__ndarray__"
+DIGEST_SUFFIX = ".sha256"
+# An unusable checkpoint and its digest are renamed with this suffix: kept for a look, never loaded.
+CORRUPT_SUFFIX = ".corrupt"
+# Lines of torch's load errors that are advice about unsafe loading or links, not the cause.
+UNSAFE_ADVICE = re.compile(r"weights_only|weights only|check the documentation|file an issue", re.IGNORECASE)
 
 # Config keys that change the shapes or the structure of what a checkpoint holds; a key ending in a
 # group ("world_model.encoder") covers all its fields. Other keys (loss scales, learning rate, the
@@ -65,6 +75,11 @@ SHAPE_KEYS = (
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written, read or used; the message names the file and the cause."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose bytes are unusable: its digest does not match, the safe loader refuses it, or
+    it is not a checkpoint of this project. (A file that cannot be read at all is a CheckpointError.)"""
 
 
 def check_world_size(state: dict, world_size: int, path: str | os.PathLike) -> None:
@@ -132,8 +147,11 @@ class Checkpointer:
         self.directory = Path(directory)
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob("*.tmp"):  # left by a run killed while saving
+        for stale in self.directory.glob("*" + TMP_SUFFIX):  # left by a run killed while saving
             stale.unlink()
+        for digest in self.directory.glob("ckpt-*.pt" + DIGEST_SUFFIX):
+            if not digest.with_suffix("").exists():  # killed after the digest, before the rename
+                digest.unlink()
 
     def paths(self) -> list[Path]:
         """Checkpoint files, oldest first."""
@@ -148,10 +166,7 @@ class Checkpointer:
         path = self.directory / f"ckpt-{step:09d}.pt"
         payload = {"format": FORMAT, "step": int(step), **pack(state)}
         try:
-            write_atomic(path, lambda f: torch.save(payload, f))
-            digest = _sha256(path)
-            write_atomic(_digest_path(path), lambda f: f.write(digest.encode()))
-            _fsync_dir(self.directory)
+            _write_with_digest(path, lambda f: torch.save(payload, f))
         except OSError as e:
             previous = self.latest() if self.directory.is_dir() else None
             kept = f"; the previous checkpoint {previous} is intact" if previous else ""
@@ -165,21 +180,68 @@ class Checkpointer:
             _digest_path(old).unlink(missing_ok=True)
 
     def load_latest(self) -> Loaded | None:
-        """The newest readable checkpoint; unreadable newer ones are reported and skipped.
+        """The newest readable checkpoint; corrupt newer ones are moved aside (see `load_newest`)."""
+        return load_newest(self.directory, move_aside=True)
 
-        Returns None when there is none; raises CheckpointError when every one is unreadable.
-        """
-        paths = self.paths()
-        errors = []
-        for path in reversed(paths):
-            try:
-                return Loaded(path, load(path))
-            except CheckpointError as e:
-                errors.append(str(e))
-                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
-        if errors:
-            raise CheckpointError("no readable checkpoint in " + f"{self.directory}: " + "; ".join(errors))
+
+def _write_with_digest(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through `<path>.tmp`, with its digest in place before the file gets its name: a
+    kill at any moment leaves either no checkpoint of that name or one that can be verified."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        path.unlink(missing_ok=True)  # a checkpoint of the same step never sits beside another's digest
+        write_atomic(_digest_path(path), lambda f: f.write(digest.encode()))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_newest(directory: Path, move_aside: bool = False) -> Loaded | None:
+    """The newest readable checkpoint in `directory`; each unreadable newer one is reported on stderr and
+    skipped. With `move_aside` (the run that owns the folder), a corrupt one that a readable older one
+    replaces is renamed to `<name>.corrupt`: no longer counted by `keep`, nor tried again.
+
+    Returns None when there is none; raises CheckpointError when every one is unreadable (then nothing is
+    moved: the run cannot go on from this folder as it is, and a person decides).
+    """
+    corrupt, errors = [], []
+    for path in reversed(checkpoint_paths(directory)):
+        try:
+            loaded = Loaded(path, _load_file(path))
+        except CheckpointError as e:
+            errors.append(str(e))
+            corrupt += [path] if isinstance(e, CorruptCheckpoint) else []
+            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+            continue
+        for bad in corrupt if move_aside else []:
+            set_aside(bad)
+        return loaded
+    if errors:
+        raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(errors))
+    return None
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a corrupt checkpoint and its digest to `*.corrupt`; its new path, or None when the folder
+    cannot be written (it is then skipped again next time)."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    try:
+        os.replace(path, target)
+        digest = _digest_path(path)
+        if digest.exists():
+            os.replace(digest, digest.with_name(digest.name + CORRUPT_SUFFIX))
+    except OSError as e:
+        print(f"warning: cannot move {path} aside: {e.strerror or e}", file=sys.stderr)
         return None
+    print(f"warning: moved the corrupt checkpoint {path.name} aside to {target}", file=sys.stderr)
+    return target
 
 
 def checkpoint_paths(directory: Path) -> list[Path]:
@@ -189,41 +251,64 @@ def checkpoint_paths(directory: Path) -> list[Path]:
 
 
 def _digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    return path.with_name(path.name + DIGEST_SUFFIX)
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file (or the newest in a run folder or checkpoint folder) safely."""
-    path = resolve(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
-    digest_file = _digest_path(path)
-    if digest_file.exists() and hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
-        raise CheckpointError(f"checkpoint {path} is corrupt (its sha256 does not match {digest_file.name})")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError ... for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (format {FORMAT})")
-    return unpack(state)
+    """Read a checkpoint file safely; a run folder or checkpoint folder gives its newest readable one."""
+    return open_checkpoint(path).state
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the newest one in a run folder (`<run>/checkpoints`) or a checkpoint folder."""
+def open_checkpoint(path: str | os.PathLike) -> Loaded:
+    """A checkpoint file, or the newest readable one in a run folder (`<run>/checkpoints`) or checkpoint
+    folder (older ones when newer are unreadable, each reported; nothing in the folder is changed)."""
     path = Path(path)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = checkpoint_paths(folder)
-        if not found:
+        loaded = load_newest(folder)
+        if loaded is None:
             raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {folder}")
-        return found[-1]
+        return loaded
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
+    return Loaded(path, _load_file(path))
+
+
+def _load_file(path: Path) -> dict:
+    """The state of one checkpoint file, checked against its digest and loaded with weights_only."""
+    try:
+        data = path.read_bytes()
+        digest_file = _digest_path(path)
+        expected = digest_file.read_text().strip() if digest_file.exists() else None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptCheckpoint(
+            f"checkpoint {path} is corrupt (its sha256 does not match {digest_file.name})"
+        )
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError ... for bad files
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt or truncated ({_load_failure(e)})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CorruptCheckpoint(f"{path} is not a checkpoint of this project (format {FORMAT})")
+    if expected is None:  # copied without it, or written by a version that could lose it in a kill
+        print(
+            f"warning: checkpoint {path} has no {digest_file.name}: a change to its bytes would go unseen",
+            file=sys.stderr,
+        )
+    return unpack(state)
+
+
+def _load_failure(error: Exception) -> str:
+    """The cause of a failed safe load in a few words. torch's own message for a refused object advises
+    loading with `weights_only=False`, which would run the file's code: that advice is never relayed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if not UNSAFE_ADVICE.search(line)]
+    if not causes:
+        return type(error).__name__
+    first = causes[0].split(". ")[0].rstrip(".")
+    return f"the safe loader refuses it: {first}" if len(causes) < len(lines) else first
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,10 @@ import errno
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,8 @@ from configs.loader import load_config, to_yaml
 from run import checkpoint as ckpt
 from run.checkpoint import Checkpointer, CheckpointError, check_compatible, load
 from run.seeding import generator_state, rng_state, seed_everything, set_generator_state, set_rng_state
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_state(value: float = 1.0) -> dict:
@@ -79,8 +85,12 @@ def test_weights_only_refuses_a_file_that_would_run_code(tmp_path):
 
     path = tmp_path / "ckpt-000000001.pt"
     torch.save({"format": ckpt.FORMAT, "x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as info:
         load(path)
+    # torch's own message advises loading with weights_only=False, which would run the file's code.
+    message = str(info.value)
+    assert "the safe loader refuses it: Trying to load unsupported GLOBAL posix.system" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
@@ -98,7 +108,53 @@ def test_corrupt_latest_falls_back_to_the_previous(tmp_path, damage, capsys):
         load(bad)
     loaded = saver.load_latest()
     assert loaded.path.name == "ckpt-000000010.pt" and loaded.state["step"] == 10
-    assert "trying the previous checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trying the previous checkpoint" in err and "moved the corrupt checkpoint ckpt-000000020.pt" in err
+    assert sorted(p.name for p in tmp_path.glob("*.corrupt")) == [
+        "ckpt-000000020.pt.corrupt",
+        "ckpt-000000020.pt.sha256.corrupt",
+    ]
+
+
+def test_a_corrupt_checkpoint_is_moved_aside_not_counted_nor_retried(tmp_path, capsys):
+    # Before: a corrupt ckpt-900 kept one of the `keep` slots for good and was tried on every resume.
+    saver = Checkpointer(tmp_path, keep=2)
+    saver.save(make_state(1.0), 10)
+    saver.save(make_state(2.0), 20)
+    (tmp_path / "ckpt-000000900.pt").write_bytes(b"garbage")
+    assert saver.load_latest().path.name == "ckpt-000000020.pt"
+    assert "ckpt-000000900.pt is corrupt" in capsys.readouterr().err
+    assert Checkpointer(tmp_path, keep=2).load_latest().path.name == "ckpt-000000020.pt"
+    assert capsys.readouterr().err == ""  # not tried again
+    saver.save(make_state(3.0), 30)
+    assert [p.name for p in saver.paths()] == ["ckpt-000000020.pt", "ckpt-000000030.pt"]
+    assert (tmp_path / "ckpt-000000900.pt.corrupt").read_bytes() == b"garbage"
+
+
+def test_an_unreadable_checkpoint_is_skipped_but_not_moved(tmp_path, capsys, monkeypatch):
+    saver = Checkpointer(tmp_path)
+    saver.save(make_state(1.0), 10)
+    newest = saver.save(make_state(2.0), 20)
+    real = Path.read_bytes
+
+    def unreadable(path):
+        if path == newest:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    assert saver.load_latest().path.name == "ckpt-000000010.pt"
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert newest.exists() and not list(tmp_path.glob("*.corrupt"))  # an I/O error may pass
+
+
+def test_a_folder_of_checkpoints_falls_back_without_changing_it(tmp_path, capsys):
+    saver = Checkpointer(tmp_path / "checkpoints")
+    saver.save(make_state(1.0), 10)
+    saver.save(make_state(2.0), 20).write_bytes(b"garbage")
+    assert load(tmp_path)["step"] == 10  # the run folder
+    assert "ckpt-000000020.pt is corrupt" in capsys.readouterr().err
+    assert not list((tmp_path / "checkpoints").glob("*.corrupt"))
 
 
 def test_truncated_without_digest_is_a_clear_error(tmp_path):
@@ -114,8 +170,71 @@ def test_all_unreadable_raises_and_none_gives_none(tmp_path):
     saver = Checkpointer(tmp_path)
     assert saver.load_latest() is None
     (tmp_path / "ckpt-000000001.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no readable checkpoint") as info:
         saver.load_latest()
+    assert "weights_only" not in str(info.value).replace(str(tmp_path), "")
+    assert saver.latest().name == "ckpt-000000001.pt"  # nothing to fall back to: left for a person
+
+
+# --- a kill during a save (subprocess tests) -----------------------------------------------------------
+
+# Saves ckpt 1, then ckpt 2 with a recognizable tensor, and SIGKILLs itself right before or right after
+# the rename that gives ckpt 2 its final name.
+KILLED_SAVE = """
+import os, signal, sys, torch
+from run.checkpoint import Checkpointer
+saver = Checkpointer(sys.argv[1])
+saver.save({"w": torch.full((256,), 1.0)}, 1)
+real_replace, when = os.replace, sys.argv[2]
+def replace(src, dst):
+    final = str(dst).endswith("ckpt-000000002.pt")
+    if final and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if final and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+saver.save({"w": torch.full((256,), 0.123456789)}, 2)
+"""
+
+
+def killed_save(directory: Path, when: str) -> None:
+    command = [sys.executable, "-c", KILLED_SAVE, str(directory), when]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+
+
+def test_a_kill_right_after_the_rename_leaves_a_checkpoint_with_its_digest(tmp_path, capsys):
+    # Before: the digest was written after the rename, so this kill left ckpt 2 without one, and a
+    # flipped byte in its tensor then loaded silently.
+    killed_save(tmp_path, "after")
+    path = tmp_path / "ckpt-000000002.pt"
+    assert (tmp_path / "ckpt-000000002.pt.sha256").exists()
+    assert torch.equal(load(path)["w"], torch.full((256,), 0.123456789))
+    data = bytearray(path.read_bytes())
+    at = data.index(np.float32(0.123456789).tobytes()) + 2
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="ckpt-000000002.pt is corrupt"):
+        load(path)
+    loaded = Checkpointer(tmp_path).load_latest()
+    assert loaded.path.name == "ckpt-000000001.pt"
+    assert (tmp_path / "ckpt-000000002.pt.corrupt").exists()
+
+
+def test_a_kill_right_before_the_rename_leaves_the_previous_checkpoint_only(tmp_path):
+    killed_save(tmp_path, "before")
+    assert (tmp_path / "ckpt-000000002.pt.tmp").exists()
+    saver = Checkpointer(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000001.pt", "ckpt-000000001.pt.sha256"]
+    assert saver.load_latest().path.name == "ckpt-000000001.pt"
+
+
+def test_a_checkpoint_without_a_digest_loads_with_a_warning(tmp_path, capsys):
+    path = Checkpointer(tmp_path).save(make_state(), 1)
+    (tmp_path / "ckpt-000000001.pt.sha256").unlink()
+    assert load(path)["step"] == 1
+    assert "has no ckpt-000000001.pt.sha256" in capsys.readouterr().err
 
 
 def test_not_a_checkpoint_and_missing_file(tmp_path):
