@@ -2,6 +2,9 @@
 
 `make_gym_env` writes the per-env wrapper stack out once, in order. `make_vec_env` puts the agent's
 interface (step dicts, agent-format actions) around N of them; a single env is `num_envs=1`.
+A Gymnasium env that can render `rgb_array` is always made with that render mode (unless
+`env.kwargs.render_mode` says otherwise), so policy videos can show it; with `env.obs state` it renders
+only when a video asks for a frame (`VecEnv.render`).
 
 Evaluation envs: callers build them with `make_vec_env(cfg.env, seed=seed + 10_000,
 num_envs=cfg.env.eval_num_envs)`, so their episodes never repeat the training envs' seeds.
@@ -10,6 +13,8 @@ num_envs=cfg.env.eval_num_envs)`, so their episodes never repeat the training en
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 from functools import partial
 from typing import NamedTuple
 
@@ -24,6 +29,11 @@ from envs.codec import is_image_space
 from envs.errors import EnvError
 from envs.vec_env import VecEnv
 from envs.wrappers import GrayscaleImages, ResizeImages, RestartOnError
+
+# Frames are only rendered off-screen (rgb_array): on a machine without a display, SDL (behind the
+# pygame-drawn envs: classic control, Box2D) would print an error line while it looked for one.
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 SUITES = "dmc_<domain>_<task> (DeepMind Control), atari_<game> (Atari)"
 # The conv encoder halves images down to 4 x 4 (world_model.encoder.minres in the reference).
@@ -69,7 +79,10 @@ def check_config(config: EnvConfig) -> None:
 
 
 def make_base_env(config: EnvConfig) -> BaseEnv:
-    """The innermost env: a suite task or any Gymnasium id, rendering rgb_array when pixels are wanted."""
+    """The innermost env: a suite task or any Gymnasium id (`module:EnvId` imports `module` first),
+    rendering rgb_array when pixels are wanted."""
+    if ":" in config.id:
+        return BaseEnv(_make_gymnasium(config))
     if config.id.startswith("dmc_"):
         from envs.dmc import make_dmc
 
@@ -89,35 +102,66 @@ def make_base_env(config: EnvConfig) -> BaseEnv:
     return BaseEnv(_make_gymnasium(config))
 
 
-def _make_gymnasium(config: EnvConfig) -> gym.Env:
+def gymnasium_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of a Gymnasium id; `module:EnvId` first imports `module`, which registers it
+    (Gymnasium's own form, as `gym.make` reads it), so a user's env needs no change to this project."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise EnvError(
+                f"env id '{env_id}': cannot import module '{module}' ({e}); it must be importable from "
+                "the current folder or PYTHONPATH"
+            ) from None
     try:
-        spec = gym.spec(config.id)
+        return gym.spec(name)
     except gym.error.Error:
-        close = difflib.get_close_matches(config.id, list(gym.registry), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.6)
         hint = f"; close: {', '.join(close)}" if close else ""
+        where = f"registered by module '{module}'" if module else "a registered Gymnasium id"
         raise EnvError(
-            f"unknown env id '{config.id}': not a registered Gymnasium id nor a suite task ({SUITES}){hint}"
+            f"unknown env id '{env_id}': '{name}' is not {where} nor a suite task ({SUITES}){hint}"
         ) from None
+
+
+def _make_gymnasium(config: EnvConfig) -> gym.Env:
+    spec = gymnasium_spec(config.id)
     kwargs = dict(config.kwargs)
-    if config.obs != "state":
-        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
-        _check_renders(getattr(creator, "metadata", {}), config.id)
-        kwargs["render_mode"] = "rgb_array"
-        if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
-            # Render natively at the agent's size: far cheaper than rendering large, then resizing.
-            kwargs.setdefault("height", config.size[0])
-            kwargs.setdefault("width", config.size[1])
     if config.time_limit:
         kwargs["max_episode_steps"] = -1  # the agent-step cap replaces the registered limit
+    creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    metadata = getattr(creator, "metadata", None) or {}
+    if config.obs == "state":
+        return _make_state_env(config.id, kwargs, metadata)
+    _check_renders(metadata, config.id)
+    kwargs["render_mode"] = "rgb_array"
+    if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
+        # Render natively at the agent's size: far cheaper than rendering large, then resizing.
+        kwargs.setdefault("height", config.size[0])
+        kwargs.setdefault("width", config.size[1])
     env = gym.make(config.id, **kwargs)
-    if config.obs != "state":
-        _check_renders(env.metadata, config.id)
-        model = getattr(env.unwrapped, "model", None)
-        if model is not None and type(model).__module__.startswith("mujoco"):
-            from envs.mujoco_render import fast_rendering
+    _check_renders(env.metadata, config.id)
+    model = getattr(env.unwrapped, "model", None)
+    if model is not None and type(model).__module__.startswith("mujoco"):
+        from envs.mujoco_render import fast_rendering
 
-            fast_rendering(model)
+        fast_rendering(model)
     return env
+
+
+def _make_state_env(env_id: str, kwargs: dict, metadata: dict) -> gym.Env:
+    """An env whose own observation is the agent's, made with render mode `rgb_array` when it has one, for
+    policy videos (it renders only when a video asks for a frame); without it when `env.kwargs` sets a
+    render mode or its constructor takes none (then it has no rendered videos)."""
+    if "render_mode" in kwargs or "rgb_array" not in metadata.get("render_modes", []):
+        return gym.make(env_id, **kwargs)
+    try:
+        return gym.make(env_id, render_mode="rgb_array", **kwargs)
+    except TypeError as e:
+        if "render_mode" not in str(e):
+            raise
+    return gym.make(env_id, **kwargs)
 
 
 def _check_renders(metadata: dict, name: str) -> None:

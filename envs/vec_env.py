@@ -62,5 +62,19 @@ class VecEnv:
         self._last = step["is_last"]
         return step
 
+    @property
+    def renders(self) -> bool:
+        """Whether `render` gives frames: the envs were made with render mode `rgb_array`."""
+        return self.gym_env.render_mode == "rgb_array"
+
+    def render(self, index: int = 0) -> np.ndarray | None:
+        """Env `index`'s current frame from its `render()` ([H, W, 3] uint8 for `rgb_array`), showing the
+        observation of the latest step dict; None when the envs do not render `rgb_array`."""
+        if not self.renders:
+            return None
+        if isinstance(self.gym_env, gym.vector.SyncVectorEnv):
+            return self.gym_env.envs[index].render()
+        return self.gym_env.call("render")[index]  # subprocess envs render together
+
     def close(self) -> None:
         self.gym_env.close()

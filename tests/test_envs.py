@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +20,8 @@ from gymnasium import spaces
 from configs.loader import load_config
 from envs import EnvError, check_image_size, make_vec_env
 from envs.codec import ActCodec, ObsCodec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountEnv(gym.Env):
@@ -510,3 +518,170 @@ def test_image_size_check_agrees_with_the_encoder():
 
     sizes = [(h, w) for h in range(1, 70) for w in range(1, 70)]
     assert [encoder_takes(*s) for s in sizes] == [env_takes(*s) for s in sizes]
+
+
+# --- a user's own env: `module:EnvId` -------------------------------------------------------------
+
+USER_MODULE = """
+import gymnasium as gym
+import numpy as np
+
+
+class Flip(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action):
+        return -np.ones(1, np.float32), float(action), False, False, {}
+
+
+gym.register("{name}-v0", entry_point=Flip, max_episode_steps=5)
+"""
+
+
+def user_module(folder, monkeypatch) -> str:
+    """A module in `folder` (put on sys.path) that registers `<Module>-v0`; returns the module's name."""
+    name = f"user_env_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(USER_MODULE.replace("{name}", name.capitalize()))
+    monkeypatch.syspath_prepend(str(folder))
+    return name
+
+
+def test_module_colon_env_id_imports_the_module_that_registers_it(tmp_path, monkeypatch):
+    # Before: "unknown env id 'module:EnvId'", as the id was looked up before the module was imported.
+    name = user_module(tmp_path, monkeypatch)
+    env = OneEnv(env_config(id=f"{name}:{name.capitalize()}-v0"), seed=0)
+    steps = run_single(env, 5)
+    assert [float(s["vector"][0]) for s in steps] == [1, -1, -1, -1, -1, -1]
+    assert steps[-1]["is_last"] and not steps[-1]["is_terminal"]  # the registered 5-step limit
+
+
+def test_module_colon_env_id_errors_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(EnvError) as error:
+        OneEnv(env_config(id="no_such_module_x:Flip-v0"), seed=0)
+    message = one_line(error)
+    assert message.startswith("env id 'no_such_module_x:Flip-v0': cannot import module 'no_such_module_x'")
+    name = user_module(tmp_path, monkeypatch)
+    with pytest.raises(EnvError) as error:
+        OneEnv(env_config(id=f"{name}:Flop-v0"), seed=0)
+    assert f"'Flop-v0' is not registered by module '{name}'" in one_line(error)
+
+
+def readme_example() -> tuple[str, list[list[str]]]:
+    """The README's own-environment example: the module's code and the commands (argument lists)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own environment") :]
+    section = section[: section.index("\n## ", 1)]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shell = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return code, [shlex.split(line) for line in shell.splitlines() if line.strip()]
+
+
+def test_the_readmes_own_environment_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    code, commands = readme_example()
+    train_args, evaluate_args = commands
+    assert train_args[:2] == ["python", "train.py"] and evaluate_args[:2] == ["python", "evaluate.py"]
+    module = train_args[train_args.index("--env.id") + 1].split(":")[0]
+    (tmp_path / f"{module}.py").write_text(code)
+    logdir = tmp_path / "run"
+    # The README's command as printed, with a shorter run into a temporary folder.
+    command = [sys.executable, str(ROOT / "train.py"), *train_args[2:], "--run.steps", "150"]
+    command += ["--logdir", str(logdir), "--logger.terminal", "false"]
+    environ = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": str(tmp_path),
+    }
+    result = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished after 150 steps" in result.stdout
+    evaluate = pytest.importorskip("evaluate")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "eval"
+    assert (
+        evaluate.main([*evaluate_args[2:], "--logdir", str(logdir), "--episodes", "2", "--out", str(out)])
+        == 0
+    )
+    assert (out / "summary.json").exists() and "policy eval: return" in capsys.readouterr().out
+
+
+# --- rendering for policy videos --------------------------------------------------------------------
+
+
+class RenderCounter(CountEnv):
+    """CountEnv that counts its render() calls (all instances together)."""
+
+    renders = 0
+
+    def render(self):
+        RenderCounter.renders += 1
+        return super().render()
+
+
+class NoRenderModeArgument(CountEnv):
+    """Declares rgb_array rendering but its constructor takes no `render_mode`."""
+
+    def __init__(self):
+        super().__init__()
+
+
+gym.register("TestRenderCounter-v0", entry_point=RenderCounter)
+gym.register("TestNoRenderModeArgument-v0", entry_point=NoRenderModeArgument)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_state_env_that_renders_renders_only_when_asked(parallel):
+    # Before: a state env was made without a render mode, so vector-observation envs had no videos.
+    RenderCounter.renders = 0
+    env = make_vec_env(env_config(id="TestRenderCounter-v0"), seed=0, num_envs=2, parallel=parallel)
+    assert env.renders and list(env.obs_space) == ["vector"]
+    last = collect(env, 6, np.random.default_rng(0))[-1]
+    assert RenderCounter.renders == 0  # stepping never renders (subprocess envs count in their process)
+    frame = env.render(1)
+    assert frame.shape == (24, 32, 3) and frame.dtype == np.uint8
+    assert int(frame[0, 0, 0]) == 10 * int(last["vector"][1, 1])  # env 1 at its latest step
+    assert RenderCounter.renders == (0 if parallel else 1)
+    env.close()
+
+
+def test_render_frames_match_the_latest_step():
+    env = make_vec_env(env_config(id="TestRenderCounter-v0"), seed=0, num_envs=1)
+    step = env.reset()
+    for _ in range(3):
+        assert int(env.render(0)[0, 0, 0]) == 10 * int(step["vector"][0, 1])
+        step = env.step(np.eye(3, dtype=np.float32)[[0]])
+
+
+def test_an_env_whose_constructor_takes_no_render_mode_is_made_without_one():
+    env = make_vec_env(env_config(id="TestNoRenderModeArgument-v0"), seed=0, num_envs=1)
+    assert not env.renders and env.render(0) is None
+    assert not make_vec_env(env_config(kwargs={"render_mode": None}), seed=0).renders
+
+
+def test_policy_frames_come_from_render_else_from_an_image_under_any_key(capsys):
+    from run.video import PolicyFrames
+
+    rendering = make_vec_env(env_config(id="TestRenderCounter-v0", kwargs={"frame": (600, 400)}), seed=0)
+    frames = PolicyFrames(rendering)
+    step = rendering.reset()
+    assert frames(step, 0).shape == (256, 171, 3)  # shrunk to fit 256 pixels
+    images = make_vec_env(env_config(id="TestImageDict-v0"), seed=0)
+    frames = PolicyFrames(images)
+    assert not images.renders and frames.image_key == "cam"
+    np.testing.assert_array_equal(frames(images.reset(), 0), np.broadcast_to([255, 0, 0], (16, 16, 3)))
+    assert not PolicyFrames(make_vec_env(env_config(id="TestNoRenderModeArgument-v0"), seed=0)).available
+
+    def broken(index):
+        raise RuntimeError("no OpenGL context")
+
+    rendering.render = broken
+    frames = PolicyFrames(rendering)
+    assert frames(step, 0) is None and not frames.available
+    assert (
+        "env.render() failed (RuntimeError: no OpenGL context); no policy videos" in capsys.readouterr().err
+    )
