@@ -5,13 +5,19 @@
                        [--env.* / other dotted config overrides]
     python evaluate.py --compare RUN [RUN ...] [--out DIR]
 
-Writes into `<RUN>/eval` (or `--out`): `summary.json` (return and length statistics per policy mode),
-`episodes.csv` (one row per episode), `world_model.json` (ELBO, rate, distortion, K-sample bound,
-reward / continuation errors, open-loop error per imagined step), `plots/*.png` and `videos/`.
+Writes into `<RUN>/eval` (or `--out`, e.g. for a run folder that cannot be written): `summary.json`
+(return and length statistics per policy mode), `episodes.csv` (one row per episode),
+`world_model.json` (ELBO, rate, distortion, K-sample bound, reward / continuation errors, open-loop
+error per imagined step), `plots/*.png` and `videos/` (`policy_<i>`: what the env renders, else its
+image observation; `episode_<i>`: an image observation beside the model's reconstruction).
 The config is the checkpoint's own, with the overrides applied; eval envs are seeded from
 `seed + EVAL_SEED_OFFSET` (`--seed` changes it), apart from the training envs' seeds.
-Exit status 1: no checkpoint, a checkpoint that does not fit the env, an env that cannot be made;
-2: a bad option or config override.
+Checkpoints follow train.py's rules: with a run folder, an unreadable newest checkpoint is reported and
+the previous one is evaluated; an unreadable older one is skipped, with a warning, where all are scored.
+The run folder is never changed (a corrupt checkpoint is left where it is).
+Exit status 1: no readable checkpoint, a checkpoint that does not fit the env, an env that cannot be
+made, an output folder that cannot be written (checked before any rollout); 2: a bad option or config
+override.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import dataclasses
 import json
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +57,7 @@ from evaluation.world_model import (
     open_loop_errors,
     open_loop_json,
 )
-from run.checkpoint import CheckpointError, checkpoint_paths, resolve
+from run.checkpoint import CheckpointError, checkpoint_paths, open_checkpoint
 from run.checkpoint import load as load_checkpoint
 from run.logger import Summary, WandbOutput
 from run.seeding import seed_everything
@@ -123,8 +130,7 @@ def load_run(logdir: str | None, checkpoint: str | None, overrides: dict) -> Loa
     if logdir and not Path(logdir).is_dir() and source == logdir:
         raise EvalError(f"logdir {logdir} does not exist")
     try:
-        path = resolve(source)
-        state = load_checkpoint(path)
+        path, state = open_checkpoint(source)
     except CheckpointError as e:
         raise EvalError(str(e)) from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +138,27 @@ def load_run(logdir: str | None, checkpoint: str | None, overrides: dict) -> Loa
         base.write_text(state["config"])
         config = load_config([], overrides, base=base)
     return Loaded(config, path, state)
+
+
+def cannot_write(folder: Path) -> str | None:
+    """Why `folder` (created if missing) cannot be written, or None when it can."""
+    probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def prepare_out(out: Path, given: bool) -> Path:
+    """The output folder, created and checked before any rollout, or EvalError."""
+    why = cannot_write(out)
+    if why:
+        hint = "" if given else "; give --out DIR to write the results elsewhere"
+        raise EvalError(f"cannot write the results to '{out}': {why}{hint}")
+    return out
 
 
 def build_env(config: Config, seed: int, num_envs: int | None = None) -> Any:
@@ -149,23 +176,32 @@ def describe_spaces(env: Any) -> str:
 def build_agent(config: Config, env: Any, loaded: Loaded) -> Any:
     """The agent for the env's spaces with the checkpoint's weights, or EvalError when they do not fit."""
     agent = make_agent(config, env.obs_space, env.act_space)
+    load_weights(agent, loaded.state, loaded.path, config, env)
+    return agent
+
+
+def load_weights(agent: Any, state: dict, path: Path, config: Config, env: Any) -> None:
+    """Put the checkpoint's weights into `agent`, or raise EvalError when they do not fit."""
     try:
-        agent.load_state_dict(loaded.state["agent"])
+        agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EvalError(
-            f"checkpoint {loaded.path} does not match the spaces of env '{config.env.id}' "
+            f"checkpoint {path} does not match the spaces of env '{config.env.id}' "
             f"({describe_spaces(env)}): {first}"
         ) from None
-    return agent
 
 
 # --- the evaluations --------------------------------------------------------------------------------
 
 
 def run_policy(agent: Any, env: Any, args: argparse.Namespace) -> dict[str, list[Episode]]:
-    """Episodes per policy mode, each mode on a fresh reset of the same seeded envs."""
-    return {mode: collect_episodes(env, agent_policy(agent, mode), args.episodes) for mode in args.modes}
+    """Episodes per policy mode, each mode on a fresh reset of the same seeded envs; the first `--videos`
+    episodes of the first mode are recorded."""
+    return {
+        mode: collect_episodes(env, agent_policy(agent, mode), args.episodes, args.videos if i == 0 else 0)
+        for i, mode in enumerate(args.modes)
+    }
 
 
 def world_model_data(agent: Any, config: Config, episodes: list[Episode], args: argparse.Namespace):
@@ -204,11 +240,16 @@ def score_checkpoints(
     agent: Any, env: Any, loaded: Loaded, batches: list, args: argparse.Namespace
 ) -> list[dict]:
     """Rate, distortion and ELBO of every checkpoint of the run on the same data (and, with
-    `--checkpoint all`, its eval-mode return); restores the evaluated checkpoint's weights after."""
+    `--checkpoint all`, its eval-mode return); a checkpoint that cannot be read or used is skipped with
+    a warning. Restores the evaluated checkpoint's weights after."""
     points = []
     for path in checkpoint_paths(loaded.path.parent):
-        state = load_checkpoint(path)
-        agent.load_state_dict(state["agent"])
+        try:
+            state = loaded.state if path == loaded.path else load_checkpoint(path)
+            load_weights(agent, state, path, loaded.config, env)
+        except (CheckpointError, EvalError) as e:
+            print(f"warning: {e}; checkpoint skipped", file=sys.stderr)
+            continue
         bound = bound_metrics(agent.wm, batches, 1)
         point = {"step": int(state["step"]), "path": str(path)}
         point.update({k: bound[k] for k in ("rate", "distortion", "elbo")})
@@ -221,14 +262,16 @@ def score_checkpoints(
 
 
 def write_videos(agent: Any, config: Config, episodes: list[Episode], count: int, out: Path) -> list[Path]:
-    """The first `count` episodes, real frames beside the model's reconstructions (image envs only)."""
-    if "image" not in agent.wm.image_keys:
-        return []
-    suffix, fps = config.logger.video_format, config.logger.fps
-    return [
-        write_video(out / "videos" / f"episode_{i}.{suffix}", reconstruction_video(agent.wm, e), fps)
-        for i, e in enumerate(episodes[:count])
-    ]
+    """The first `count` episodes: `policy_<i>` (what the env rendered, else an image observation) and,
+    with image observations, `episode_<i>` (the first image key beside the model's reconstruction)."""
+    suffix, fps, videos = config.logger.video_format, config.logger.fps, []
+    for i, episode in enumerate(episodes[:count]):
+        if episode.frames is not None:
+            videos.append(write_video(out / "videos" / f"policy_{i}.{suffix}", episode.frames, fps))
+        if agent.wm.image_keys:
+            frames = reconstruction_video(agent.wm, episode, agent.wm.image_keys[0])
+            videos.append(write_video(out / "videos" / f"episode_{i}.{suffix}", frames, fps))
+    return videos
 
 
 # --- outputs ----------------------------------------------------------------------------------------
@@ -261,7 +304,7 @@ def log_wandb(config: Config, logdir: Path, mode: str, step: int, summary: dict,
     scalars.update({f"eval/wm/{k}": v for k, v in wm["bound"].items()})
     wandb_config = dataclasses.replace(config.logger.wandb, mode=mode)
     output = WandbOutput(wandb_config, logdir, OmegaConf.to_container(OmegaConf.structured(config)))
-    output.write(Summary(step, scalars, {}, {f"eval/video_{i}": p for i, p in enumerate(videos)}))
+    output.write(Summary(step, scalars, {}, {f"eval/{p.stem}": p for p in videos}))
     output.close()
 
 
@@ -290,7 +333,9 @@ def evaluate(args: argparse.Namespace, overrides: dict) -> dict:
     loaded = load_run(args.logdir, args.checkpoint, overrides)
     config = loaded.config
     logdir = Path(args.logdir) if args.logdir else loaded.path.parent.parent
-    out = Path(args.out) if args.out else logdir / "eval"
+    out = prepare_out(Path(args.out) if args.out else logdir / "eval", bool(args.out))
+    if args.wandb != "disabled":
+        prepare_wandb(logdir)
     setup_host(config)
     seed_everything(config.seed)
     seed = config.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
@@ -299,6 +344,13 @@ def evaluate(args: argparse.Namespace, overrides: dict) -> dict:
         return evaluate_with(env, loaded, logdir, out, seed, args)
     finally:
         env.close()
+
+
+def prepare_wandb(logdir: Path) -> None:
+    """--wandb logs into the run's own wandb folder: checked before any rollout, or EvalError."""
+    why = cannot_write(logdir)
+    if why:
+        raise EvalError(f"--wandb logs into the run folder '{logdir}', which cannot be written: {why}")
 
 
 def evaluate_with(env: Any, loaded: Loaded, logdir: Path, out: Path, seed: int, args) -> dict:
@@ -351,9 +403,10 @@ def run_compare(logdirs: list[str], out: str | None) -> str:
         records = compare.read_runs(logdirs)
     except FileNotFoundError as e:
         raise EvalError(str(e)) from None
+    folder = prepare_out(Path(out or "compare"), bool(out))
     text = compare.table(records)
     print(text)
-    plot = eval_plots.plot_compare(compare.groups(records), Path(out or "compare") / "compare_returns.png")
+    plot = eval_plots.plot_compare(compare.groups(records), folder / "compare_returns.png")
     print(f"plot: {plot}")
     return text
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from run.driver import Driver
+from run.video import VIDEO_MAX_FRAMES, PolicyFrames
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30; beyond, a Cornish-Fisher expansion.
 T975 = (
@@ -28,12 +29,14 @@ MAX_VECTOR_STEPS = 1_000_000
 
 class Episode(NamedTuple):
     """One finished episode: its steps {key: [T, ...]} (T = length + 1, the first step included),
-    return (sum of rewards after the first step), length (transitions) and env index."""
+    return (sum of rewards after the first step), length (transitions), env index, and the frames of its
+    policy video [T', H, W, C] uint8 (the first VIDEO_MAX_FRAMES steps) when it was recorded, else None."""
 
     steps: dict[str, np.ndarray]
     ret: float
     length: int
     env: int
+    frames: np.ndarray | None = None
 
 
 def t_quantile_975(df: int) -> float:
@@ -86,12 +89,16 @@ def quotas(episodes: int, num_envs: int) -> list[int]:
 
 
 class EpisodeCollector:
-    """A driver step callback that assembles each env's episodes until its quota is met."""
+    """A driver step callback that assembles each env's episodes until its quota is met, recording the
+    policy video of the first `videos` of them (in the order of `episodes()`) from `frames`."""
 
-    def __init__(self, quota: list[int]):
+    def __init__(self, quota: list[int], frames: PolicyFrames | None = None, videos: int = 0):
         self.quota = quota
         self.done: list[list[Episode]] = [[] for _ in quota]
         self.open: list[list[dict] | None] = [None for _ in quota]
+        self.frames, self.videos = frames, videos if frames is not None and frames.available else 0
+        self.recording: list[list[np.ndarray] | None] = [None for _ in quota]
+        self.position = np.cumsum([0, *quota[:-1]]).tolist()  # env i's first episode in `episodes()`
 
     @property
     def finished(self) -> bool:
@@ -103,25 +110,39 @@ class EpisodeCollector:
                 continue
             if step["is_first"][i]:
                 self.open[i] = []
+                self.recording[i] = [] if self.position[i] + len(self.done[i]) < self.videos else None
             if self.open[i] is None:
                 continue  # joined mid-episode: wait for the next start
             self.open[i].append({k: np.array(v[i]) for k, v in step.items()})
+            self._record(step, i)
             if step["is_last"][i]:
-                self.done[i].append(to_episode(self.open[i], i))
-                self.open[i] = None
+                frames = np.stack(self.recording[i]) if self.recording[i] else None
+                self.done[i].append(to_episode(self.open[i], i, frames))
+                self.open[i] = self.recording[i] = None
+
+    def _record(self, step: dict[str, np.ndarray], i: int) -> None:
+        recording = self.recording[i]
+        if recording is None or len(recording) >= VIDEO_MAX_FRAMES:
+            return
+        frame = self.frames(step, i)
+        if frame is None or (recording and frame.shape != recording[0].shape):
+            self.recording[i] = None  # the source changed mid-episode (a renderer failed): no video
+        else:
+            recording.append(frame)
 
     def episodes(self) -> list[Episode]:
         return [e for per_env in self.done for e in per_env]
 
 
-def to_episode(steps: list[dict[str, np.ndarray]], env: int) -> Episode:
+def to_episode(steps: list[dict[str, np.ndarray]], env: int, frames: np.ndarray | None = None) -> Episode:
     data = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
-    return Episode(data, float(data["reward"][1:].astype(np.float64).sum()), len(steps) - 1, env)
+    return Episode(data, float(data["reward"][1:].astype(np.float64).sum()), len(steps) - 1, env, frames)
 
 
-def collect_episodes(env: Any, policy: Callable, episodes: int) -> list[Episode]:
-    """Run `policy` on a fresh reset of `env` until every env has finished its quota of episodes."""
-    collector = EpisodeCollector(quotas(episodes, env.num_envs))
+def collect_episodes(env: Any, policy: Callable, episodes: int, videos: int = 0) -> list[Episode]:
+    """Run `policy` on a fresh reset of `env` until every env has finished its quota of episodes; the
+    first `videos` episodes carry the frames of their policy video (when the env has a source of them)."""
+    collector = EpisodeCollector(quotas(episodes, env.num_envs), PolicyFrames(env), videos)
     driver = Driver(env)
     driver.on_step(collector)
     driver.reset()
@@ -153,7 +174,8 @@ def policy_summary(episodes: list[Episode]) -> dict[str, dict]:
 
 @torch.no_grad()
 def reconstruction_video(world_model: Any, episode: Episode, key: str = "image") -> np.ndarray:
-    """uint8 [T, H, 2W, C]: the real frames beside the world model's posterior reconstructions."""
+    """uint8 [T, H, 2W, C]: the real frames of image observation `key` beside the world model's
+    posterior reconstructions."""
     device = next(world_model.parameters()).device
     data = {k: torch.as_tensor(v[None]).to(device) for k, v in episode.steps.items()}
     T = data["is_first"].shape[1]

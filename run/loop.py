@@ -3,8 +3,9 @@ evaluate, checkpoint.
 
 The first `run.prefill` policy steps use uniform random actions and train nothing; the schedules
 (logging, checkpoints, evaluation) run throughout. Every `run.video_every` steps the agent's open-loop
-report is logged and the next training episode of env 0 is recorded; policy videos need an `image`
-observation, so vector-only envs get none.
+report is logged and the next training episode of env 0 is recorded; policy videos (training and
+evaluation episodes) show what the env renders (`rgb_array`), else its first image observation
+(run/video.py's `PolicyFrames`), and the env renders only while an episode is being recorded.
 
 Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
 repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
@@ -32,6 +33,7 @@ from run.logger import Logger
 from run.schedule import Clock, Every, Ratio
 from run.seeding import generator_state, rng_state, set_generator_state, set_rng_state
 from run.stop import StopFlag
+from run.video import VIDEO_MAX_FRAMES, PolicyFrames
 
 
 class NonFiniteError(RuntimeError):
@@ -70,23 +72,29 @@ def rank_part(state: dict) -> dict:
 
 
 class EpisodeRecorder:
-    """Records the `image` frames of env 0's next full episode, once armed (for policy videos)."""
+    """Records the frames of env 0's next full episode (its first VIDEO_MAX_FRAMES), once armed."""
 
-    def __init__(self):
+    def __init__(self, source: PolicyFrames):
+        self.source = source
         self.armed = False
         self.frames: list[np.ndarray] = []
         self.done: np.ndarray | None = None
 
     def arm(self) -> None:
-        self.armed, self.frames, self.done = True, [], None
+        self.armed, self.frames, self.done = self.source.available, [], None
 
     def __call__(self, step: dict[str, np.ndarray]) -> None:
-        if not self.armed or "image" not in step:
+        if not self.armed:
             return
         if not self.frames and not step["is_first"][0]:
             return  # wait for the start of an episode
-        self.frames.append(step["image"][0])
-        if step["is_last"][0]:
+        frame = self.source(step, 0)
+        if frame is None or (self.frames and frame.shape != self.frames[0].shape):
+            # The source changed mid-episode (a renderer failed): start again with the next episode.
+            self.frames, self.armed = [], self.source.available
+            return
+        self.frames.append(frame)
+        if step["is_last"][0] or len(self.frames) >= VIDEO_MAX_FRAMES:
             self.armed, self.done = False, np.stack(self.frames)
 
     def take(self) -> np.ndarray | None:
@@ -129,7 +137,7 @@ class Loop:
         self.should_save_steps = Every(config.save_every_steps)
         self.should_save_time = Clock(config.save_every if config.save_every_steps <= 0 else -1)
         self.should_log = Clock(config.log_every)
-        self.recorder = EpisodeRecorder()
+        self.recorder = EpisodeRecorder(PolicyFrames(self.env))
         self.driver = Driver(self.env)
         self.driver.on_step(self._on_step)
         self.driver.on_episode(self._on_episode)
@@ -229,15 +237,17 @@ class Loop:
     def evaluate(self) -> None:
         """Run `run.eval_episodes` episodes with the eval policy on the eval envs (an even share per env,
         so short episodes are not over-represented); log return and length statistics and a video."""
-        episodes = collect_episodes(self.parts.eval_env, self.policy("eval"), self.config.eval_episodes)
+        episodes = collect_episodes(
+            self.parts.eval_env, self.policy("eval"), self.config.eval_episodes, videos=1
+        )
         for name, stats in policy_summary(episodes).items():
             self.logger.scalar(f"eval/{name}", stats["mean"])
             for key in ("std", "min", "max", "median", "ci95_low", "ci95_high"):
                 if stats[key] is not None:
                     self.logger.scalar(f"eval/{name}_{key}", stats[key])
         self.logger.histogram("eval/returns", np.array([e.ret for e in episodes]))
-        if "image" in episodes[0].steps:
-            self.logger.video("eval/policy", episodes[0].steps["image"])
+        if episodes[0].frames is not None:
+            self.logger.video("eval/policy", episodes[0].frames)
 
     def write_logs(self) -> None:
         now, last_step, last_updates = self._speed

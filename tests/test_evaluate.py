@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,6 +25,7 @@ from evaluation.policy import collect_episodes, quotas, summary_stats, t_quantil
 from evaluation.world_model import episode_windows, open_loop_errors, valid_after_context
 from run.checkpoint import Checkpointer
 from run.driver import Driver, random_policy
+from run.stop import StopFlag
 
 POSITIONS = 32
 QUIET = {"logger": {"terminal": False, "wandb": {"mode": "disabled"}}}
@@ -62,7 +64,34 @@ class RingEnv(gym.Env):
         return np.array([np.cos(angle), np.sin(angle)], np.float32)
 
 
+class CountingRing(RingEnv):
+    """The ring, counting its render() calls (all instances together)."""
+
+    renders = 0
+
+    def render(self):
+        CountingRing.renders += 1
+        return super().render()
+
+
+class CameraRing(RingEnv):
+    """The ring seen through a 16x16 camera image under the key `camera` (beside `pos`); no render()."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, length=40):
+        super().__init__(length)
+        self.observation_space = spaces.Dict(
+            {"camera": spaces.Box(0, 255, (16, 16, 3), np.uint8), "pos": self.observation_space}
+        )
+
+    def _obs(self):
+        return {"camera": super().render(), "pos": super()._obs()}
+
+
 gym.register("EvalRing-v0", entry_point=RingEnv)
+gym.register("EvalCountingRing-v0", entry_point=CountingRing)
+gym.register("EvalCameraRing-v0", entry_point=CameraRing)
 
 
 def ring_config(logdir, **env) -> object:
@@ -224,6 +253,16 @@ def test_open_loop_of_the_trained_model_beats_the_untrained_one(trained_run):
     assert errors[100].mean() < errors[0].mean()
 
 
+def test_a_vector_observation_env_gets_policy_videos_of_what_it_renders(trained_run):
+    # Before: videos needed an `image` observation; the ring renders, but its observation is a vector.
+    videos = sorted(p.name for p in (trained_run / "eval" / "videos").iterdir())
+    assert videos == ["policy_0.mp4"]  # no reconstruction video: the model sees no image
+    import imageio.v2 as imageio
+
+    frames = np.asarray(imageio.mimread(trained_run / "eval" / "videos" / "policy_0.mp4"))
+    assert frames.shape == (41, 16, 16, 3)  # the first step and 40 transitions, as rendered
+
+
 def test_plots_are_written_and_not_empty(trained_run):
     for name in ("open_loop.png", "open_loop_strip.png", "rate_distortion.png"):
         path = trained_run / "eval" / "plots" / name
@@ -284,6 +323,151 @@ def test_checkpoint_all_prints_a_row_per_checkpoint(pixel_run, tmp_path, capsys)
     assert "distortion" in table and "\n        50  " in table and "\n       100  " in table
     steps = [p["step"] for p in json.loads((out / "world_model.json").read_text())["checkpoints"]]
     assert steps == [50, 100]
+
+
+# --- policy videos in training --------------------------------------------------------------------------
+
+
+def gif_frames(path: Path) -> tuple[int, int]:
+    """(frames, milliseconds per frame) of a gif."""
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        return gif.n_frames, gif.info["duration"]
+
+
+def test_training_videos_of_a_vector_env_come_from_render_only_while_recording(tmp_path):
+    # Before: a vector-observation env had no policy videos, in training or in evaluation.
+    config = load_config(
+        ["debug"],
+        {
+            **QUIET,
+            "logdir": str(tmp_path),
+            "env": {"id": "EvalCountingRing-v0", "kwargs": {"length": 20}},
+            "run": {"steps": 130, "video_every": 40, "eval_every": 65, "eval_episodes": 2},
+            "logger": {"terminal": False, "wandb": {"mode": "disabled"}, "video_format": "gif", "fps": 10},
+        },
+    )
+    CountingRing.renders = 0
+    loop = train.build(config)
+    loop.run(StopFlag())
+    train.close(loop.parts)
+    videos = sorted((tmp_path / "videos").iterdir())
+    names = [v.name for v in videos]
+    assert any(n.startswith("policy_episode_") for n in names) and any(
+        n.startswith("eval_policy_") for n in names
+    )
+    counts = [gif_frames(v) for v in videos]
+    assert all(n == 21 and ms == 100 for n, ms in counts), counts  # whole 20-step episodes at logger.fps 10
+    # Every render made a frame of a video (or of the recording still open): none while not recording.
+    assert CountingRing.renders == sum(n for n, _ in counts) + len(loop.recorder.frames)
+
+
+def test_images_under_any_key_give_training_and_evaluation_videos(tmp_path, capsys):
+    # Before: only an observation named `image` gave policy videos.
+    config = load_config(
+        ["debug"],
+        {
+            **QUIET,
+            "logdir": str(tmp_path),
+            "env": {"id": "EvalCameraRing-v0", "kwargs": {"length": 20}},
+            "run": {"steps": 100, "video_every": 30, "eval_every": 50, "eval_episodes": 1},
+            "logger": {"terminal": False, "wandb": {"mode": "disabled"}, "video_format": "gif"},
+        },
+    )
+    assert train.train(config) == 0
+    names = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert any(n.startswith("policy_episode_") for n in names) and any(
+        n.startswith("eval_policy_") for n in names
+    )
+    assert run_main("--logdir", tmp_path, "--episodes", 1, "--openloop-steps", 4) == 0
+    videos = sorted(p.name for p in (tmp_path / "eval" / "videos").iterdir())
+    assert videos == ["episode_0.gif", "policy_0.gif"]  # the camera beside its reconstruction; the camera
+    import imageio.v2 as imageio
+
+    assert np.asarray(imageio.mimread(tmp_path / "eval" / "videos" / "episode_0.gif")).shape[1:3] == (16, 32)
+
+
+# --- unreadable checkpoints and run folders ------------------------------------------------------------
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("eval"))
+    return to
+
+
+def corrupt(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+EVAL_ARGS = ("--episodes", 2, "--openloop-steps", 4)
+
+
+def test_a_corrupt_older_checkpoint_is_skipped_with_a_warning(trained_run, tmp_path, capsys):
+    # Before: a traceback after all the rollouts.
+    run = copy_run(trained_run, tmp_path / "run")
+    corrupt(run / "checkpoints" / "ckpt-000000000.pt")
+    assert run_main("--logdir", run, *EVAL_ARGS) == 0
+    err = capsys.readouterr().err
+    assert "ckpt-000000000.pt is corrupt" in err and "checkpoint skipped" in err and "Traceback" not in err
+    points = json.loads((run / "eval" / "world_model.json").read_text())["checkpoints"]
+    assert [p["step"] for p in points] == [100]
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(trained_run, tmp_path, capsys):
+    # Before: exit 1 although an older checkpoint could be evaluated (train.py falls back to it).
+    run = copy_run(trained_run, tmp_path / "run")
+    corrupt(run / "checkpoints" / "ckpt-000000100.pt")
+    assert run_main("--logdir", run, *EVAL_ARGS) == 0
+    assert "ckpt-000000100.pt is corrupt" in capsys.readouterr().err
+    assert json.loads((run / "eval" / "summary.json").read_text())["step"] == 0
+    assert (run / "checkpoints" / "ckpt-000000100.pt").exists()  # evaluation leaves the run folder as it is
+    for name in ("ckpt-000000000.pt", "ckpt-000000100.pt"):
+        corrupt(run / "checkpoints" / name)
+    assert run_main("--logdir", run, *EVAL_ARGS) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("evaluate.py: error: no readable checkpoint in ")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_rollout(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    # Before: every rollout was done, then a traceback from mkdir.
+    run = copy_run(trained_run, tmp_path / "run")
+    (run / "eval").write_text("a file where the output folder would go")
+
+    def no_rollouts(*args, **kwargs):
+        raise AssertionError("a rollout ran before the output folder was checked")
+
+    monkeypatch.setattr(evaluate, "collect_episodes", no_rollouts)
+    assert run_main("--logdir", run, *EVAL_ARGS) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"evaluate.py: error: cannot write the results to '{run / 'eval'}'"
+    )
+    assert err[0].endswith("; give --out DIR to write the results elsewhere")
+    monkeypatch.undo()
+    assert run_main("--logdir", run, *EVAL_ARGS, "--out", tmp_path / "out") == 0
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_run_folder_is_evaluated_with_out(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path / "run")
+    for path in [run, *run.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        assert run_main("--logdir", run, *EVAL_ARGS) == 1
+        assert "cannot write the results to" in capsys.readouterr().err
+        assert run_main("--logdir", run, *EVAL_ARGS, "--out", tmp_path / "out") == 0
+        assert run_main("--logdir", run, *EVAL_ARGS, "--out", tmp_path / "out", "--wandb") == 1
+        assert "--wandb logs into the run folder" in capsys.readouterr().err
+    finally:
+        for path in [run, *run.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
 
 
 # --- bad input ----------------------------------------------------------------------------------------
