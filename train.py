@@ -5,7 +5,9 @@ comes back from its chunks). `--run.from_checkpoint PATH` initializes the agent 
 states, return scaler, slow critic) from another run's checkpoint when this logdir has none.
 `torchrun --nproc_per_node N train.py ...` trains data-parallel on N processes (run/distributed.py).
 SIGTERM or Ctrl-C writes a final checkpoint and exits with status 0 (SIGTERM) or 130 (SIGINT).
-Exit status 1: a runtime error (unwritable logdir, unusable checkpoint, a diverged run); 2: bad config.
+One process trains in a run folder at a time (run/lock.py): a second one on the same logdir exits.
+Exit status 1: a runtime error (unwritable logdir, unusable checkpoint, a diverged run); 2: bad config,
+or the logdir is in use by another process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from configs.loader import main_config, save_config, to_yaml
 from configs.schema import Config
+from run.lock import RunFolderBusyError, RunLock
 
 # torch, wandb and matplotlib take seconds to import: they are imported where they are used, so a
 # mistyped command line is answered at once.
@@ -60,13 +63,15 @@ def replay_capacity(config: Config, num_envs: int, world_size: int = 1) -> int:
     return min(config.replay.capacity // world_size, floor * num_envs)
 
 
-def make_logger(config: Config, logdir: Path) -> Logger:
-    """The logger of the `logger` config, with the resolved root config for wandb's run config."""
+def make_logger(config: Config, logdir: Path, start_step: int = 0) -> Logger:
+    """The logger of the `logger` config, with the resolved root config for wandb's run config; its
+    outputs continue from `start_step` (a resumed run's checkpoint step: later rows are dropped)."""
     from omegaconf import OmegaConf
 
     from run.logger import make_logger as build_logger
 
-    return build_logger(config.logger, logdir, OmegaConf.to_container(OmegaConf.structured(config)))
+    config_dict = OmegaConf.to_container(OmegaConf.structured(config))
+    return build_logger(config.logger, logdir, config_dict, start_step)
 
 
 class Factories(NamedTuple):
@@ -76,7 +81,7 @@ class Factories(NamedTuple):
     make_env: Callable[..., Any] | None = None  # (env config, seed, num_envs) -> VecEnv; envs.make_vec_env
     make_replay: Callable[..., Any] = make_replay
     make_agent: Callable[..., Any] | None = None  # (config, obs_space, act_space) -> Agent; agent.make_agent
-    make_logger: Callable[..., Logger] = make_logger
+    make_logger: Callable[..., Logger] = make_logger  # (config, logdir, start_step) -> Logger
 
 
 class Start(NamedTuple):
@@ -190,7 +195,7 @@ def make_parts(config: Config, factories: Factories, logdir: Path, start: Start,
     env, eval_env = make_envs(config, factories, start.step, world)
     replay = factories.make_replay(config, env, logdir, world.rank, world.size)
     agent = factories.make_agent(config, env.obs_space, env.act_space)
-    logger = factories.make_logger(config, logdir) if world.is_main else Logger(logdir, outputs=[])
+    logger = factories.make_logger(config, logdir, start.step) if world.is_main else Logger(logdir, [])
     return Parts(env, replay, agent, logger, start.checkpointer, eval_env)
 
 
@@ -252,24 +257,52 @@ def train(config: Config, factories: Factories | None = None) -> int:
     from run.stop import StopFlag
 
     world = init_world(config.run.dist_backend, config.run.device)
+    lock = RunLock(config.logdir)
     try:
-        loop = build(config, factories, world)
-        with StopFlag() as stop:
-            try:
-                counters = loop.run(stop)
-            except NonFiniteError:
-                loop.write_logs()  # the metrics of the diverging updates are worth keeping
-                raise
-            finally:
-                close(loop.parts)
-        world.barrier()  # every rank is done with the collectives before any leaves the group
+        try:
+            claim_logdir(lock, config, world)
+            loop = build(config, factories, world)
+            with StopFlag() as stop:
+                try:
+                    counters = loop.run(stop)
+                except NonFiniteError:
+                    loop.write_logs()  # the metrics of the diverging updates are worth keeping
+                    raise
+                finally:
+                    close(loop.parts)
+            world.barrier()  # every rank is done with the collectives before any leaves the group
+        finally:
+            world.close()
+        if world.is_main:
+            ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"
+            print(f"{ended} {counters.step} steps, {counters.updates} updates")
+            summarize(Path(config.logdir), loop.parts.logger)
+        return stop.exit_status()
     finally:
-        world.close()
+        lock.release()
+
+
+def claim_logdir(lock: RunLock, config: Config, world: World) -> None:
+    """Rank 0 takes the run folder's lock before anything is written into it, or raises
+    RunFolderBusyError naming the holder. The other ranks wait for its verdict, so a second launch on a
+    folder in use writes nothing on any rank."""
+    from agent import resolve_device
+
+    error: Exception | None = None
     if world.is_main:
-        ended = f"stopped by signal {stop.signum} at" if stop.requested else "finished after"
-        print(f"{ended} {counters.step} steps, {counters.updates} updates")
-        summarize(Path(config.logdir), loop.parts.logger)
-    return stop.exit_status()
+        try:
+            lock.acquire()
+        except RunFolderBusyError as e:
+            error = e
+        except OSError as e:
+            error = LogdirError(f"cannot write to logdir '{config.logdir}': {e.strerror or e}")
+    failed = error is not None
+    if world.distributed:
+        (failed,) = world.any([failed], resolve_device(on_rank_device(config, world).run.device))
+    if error is not None:
+        raise error
+    if failed:
+        raise RunFolderBusyError(f"rank 0 could not lock the run folder {config.logdir}")
 
 
 def summarize(logdir: Path, logger: Logger) -> None:
@@ -291,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return train(config)
+    except RunFolderBusyError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     except (LogdirError, CheckpointError, NonFiniteError, DistributedError, MemoryError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1

@@ -233,7 +233,7 @@ overrides (`--run.steps 300` or `--run.steps=300`). A saved run folder restarts 
 presets: {presets}
 groups:
 {groups}
-example: {prog} --configs debug cartpole --run.steps 300 --logdir runs/x
+example: {prog} --configs cartpole debug --logdir runs/x
 """
 
 
@@ -250,7 +250,9 @@ def parse_cli(argv: Sequence[str], prog: str = "train.py") -> Config:
     """Parse `[--configs a b ...] [--key value ...]` into a Config; `--help` prints and exits 0.
 
     When no presets are named and `<logdir>/config.yaml` exists, that file is the base: starting
-    the same command again on a run folder resumes it with its own settings.
+    the same command again on a run folder resumes it with its own settings. With no presets, no
+    config.yaml and no option but `--logdir`, there is nothing to resume (most likely a mistyped path):
+    a ConfigError, rather than a new run on the defaults.
     """
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
@@ -273,6 +275,11 @@ def parse_cli(argv: Sequence[str], prog: str = "train.py") -> Config:
         logdir = overrides.get("logdir") or load_config().logdir
         saved = Path(str(logdir)) / "config.yaml"
         base = saved if saved.exists() else None
+        if base is None and set(overrides) <= {"logdir"}:
+            raise ConfigError(
+                f"nothing to resume in {logdir}: it has no config.yaml; to start a run there, name its "
+                f"presets, e.g. {prog} --configs cartpole debug --logdir {logdir} ({prog} --help lists them)"
+            )
     return load_config(names, overrides, base)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from configs.schema import VIDEO_FORMATS, WANDB_MODES, LoggerConfig, WandbConfig
 from run.video import check_frames, write_video
+from util.files import write_atomic
 
 WANDB_ID_FILE = "wandb_id.txt"
 # Scalars shown on the terminal line, in this order, when present (label, metric name).
@@ -55,9 +56,14 @@ class Output(Protocol):
 
 
 class JSONLOutput:
-    """One JSON object per write, appended to `metrics.jsonl`: {"step": ..., name: value, ...}."""
+    """One JSON object per write, appended to `metrics.jsonl`: {"step": ..., name: value, ...}.
 
-    def __init__(self, path: Path):
+    A run starting at `start_step` (a resumed run: its checkpoint's step) continues the file from that
+    step (`continue_metrics`); None appends to the file as it is, less a line cut short.
+    """
+
+    def __init__(self, path: Path, start_step: int | None = None):
+        continue_metrics(path, start_step)
         self.file = open(path, "a")  # noqa: SIM115 (kept open for the run; closed by close())
 
     def write(self, summary: Summary) -> None:
@@ -67,6 +73,30 @@ class JSONLOutput:
 
     def close(self) -> None:
         self.file.close()
+
+
+def continue_metrics(path: Path, start_step: int | None) -> None:
+    """Cut `metrics.jsonl` back to what a run starting at `start_step` continues: the rows of later steps
+    (logged by a run killed after its last checkpoint, and logged again by the resumed run) are dropped,
+    and so is a last line cut short by a kill, whose missing newline would swallow the next row. Unreadable
+    lines go too. The file is rewritten atomically, and only when something is dropped."""
+    if not path.exists():
+        return
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, else a line cut short
+    last = math.inf if start_step is None else start_step
+    kept = [line for line in lines if (step := _row_step(line)) is not None and step <= last]
+    if tail or len(kept) < len(lines):
+        write_atomic(path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
+
+
+def _row_step(line: bytes) -> int | None:
+    """The step of a metrics row, or None for a line that is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("step") if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
 class TerminalOutput:
@@ -145,12 +175,14 @@ class Progress:
 
 
 class TensorBoardOutput:
-    """Scalars and histograms to a TensorBoard event file in `<logdir>/tb`."""
+    """Scalars and histograms to a TensorBoard event file in `<logdir>/tb`; a run starting at
+    `start_step` hides the events of later steps, as `continue_metrics` drops their rows."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, start_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(directory))
+        purge_step = None if start_step is None else start_step + 1
+        self.writer = SummaryWriter(str(directory), purge_step=purge_step)
 
     def write(self, summary: Summary) -> None:
         for name, value in summary.scalars.items():
@@ -164,20 +196,27 @@ class TensorBoardOutput:
 
 
 class WandbOutput:
-    """A wandb run whose id is kept in `<logdir>/wandb_id.txt`, so a resumed run continues it."""
+    """A wandb run whose id is kept in `<logdir>/wandb_id.txt`, so a resumed run continues it.
 
-    def __init__(self, config: WandbConfig, logdir: Path, config_dict: dict):
+    A run starting at `start_step` rewinds that wandb run to the step (`resume_from`) before it logs, so
+    the history holds the resumed run's values, not those the killed run logged after its checkpoint.
+    Offline, each start writes its own `offline-run-*` folder: the resumed one records the rewind and its
+    history starts after the step, but the killed run's folder keeps its later steps; `wandb sync` of the
+    folders in order asks the server to apply the rewind (a beta feature of wandb's).
+    """
+
+    def __init__(self, config: WandbConfig, logdir: Path, config_dict: dict, start_step: int | None = None):
         import wandb
 
         self.wandb = wandb
         id_file = logdir / WANDB_ID_FILE
+        resuming = id_file.exists() and start_step is not None
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
-        self.run = wandb.init(
+        settings = dict(
             mode=config.mode,
             dir=str(logdir),
             id=run_id,
-            resume="allow",
             project=config.project or None,
             entity=config.entity or None,
             group=config.group or None,
@@ -185,6 +224,17 @@ class WandbOutput:
             name=config.name or None,
             config=config_dict,
         )
+        run = self._rewind(settings, run_id, start_step) if resuming else None
+        self.run = wandb.init(resume="allow", **settings) if run is None else run
+
+    def _rewind(self, settings: dict, run_id: str, step: int) -> Any:
+        """The wandb run resumed at `step`, or None (with a note) where wandb refuses to rewind it."""
+        try:
+            return self.wandb.init(resume_from=f"{run_id}?_step={step}", **settings)
+        except self.wandb.errors.Error as e:
+            message = f"note: wandb cannot rewind run {run_id} to step {step} ({e}); resuming it as it is"
+            print(message, file=sys.stderr)
+            return None
 
     def write(self, summary: Summary) -> None:
         data: dict[str, Any] = dict(summary.scalars)
@@ -270,8 +320,15 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
 
 
-def make_logger(config: LoggerConfig, logdir: str | os.PathLike, config_dict: dict) -> Logger:
-    """The logger the config asks for; `config_dict` is the resolved config uploaded to wandb."""
+def make_logger(
+    config: LoggerConfig, logdir: str | os.PathLike, config_dict: dict, start_step: int | None = None
+) -> Logger:
+    """The logger the config asks for; `config_dict` is the resolved config uploaded to wandb.
+
+    `start_step`: the step the run starts at (its checkpoint's when it resumes; 0 for a new run). The
+    outputs continue from it: rows and events of later steps are dropped or hidden. None appends to what
+    is there.
+    """
     _check_choice("logger.wandb.mode", config.wandb.mode, WANDB_MODES)
     _check_choice("logger.video_format", config.video_format, VIDEO_FORMATS)
     if config.fps < 1:
@@ -279,11 +336,11 @@ def make_logger(config: LoggerConfig, logdir: str | os.PathLike, config_dict: di
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     progress = Progress(enabled=config.terminal)
-    outputs: list[Output] = [JSONLOutput(logdir / "metrics.jsonl")]
+    outputs: list[Output] = [JSONLOutput(logdir / "metrics.jsonl", start_step)]
     if config.terminal:
         outputs.append(TerminalOutput(progress))
     if config.tensorboard:
-        outputs.append(TensorBoardOutput(logdir / "tb"))
+        outputs.append(TensorBoardOutput(logdir / "tb", start_step))
     if config.wandb.mode != "disabled":
-        outputs.append(WandbOutput(config.wandb, logdir, config_dict))
+        outputs.append(WandbOutput(config.wandb, logdir, config_dict, start_step))
     return Logger(logdir, outputs, progress, config.fps, config.video_format)

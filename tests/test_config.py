@@ -2,6 +2,7 @@
 load round trip."""
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from configs import schema
 from configs.loader import (
     ConfigError,
     _check_values,
+    help_text,
     load_config,
     parse_cli,
     parse_overrides,
@@ -154,6 +156,44 @@ def test_cli_errors_exit_2_with_one_line(args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_logdir_with_nothing_to_resume_exits_2_and_creates_nothing(tmp_path):
+    typo = tmp_path / "typo"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--logdir", str(typo)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"train.py: error: nothing to resume in {typo}: it has no config.yaml; ")
+    assert "--configs cartpole debug" in line
+    assert not typo.exists()
+    # Presets or any other option still start a run on that folder.
+    assert parse_cli(["--configs", "debug", "--logdir", str(typo)]).run.steps == 300
+    assert parse_cli(["--logdir", str(typo), "--run.steps", "5"]).run.steps == 5
+
+
+def quick_examples() -> list[list[str]]:
+    """The `train.py` command lines naming the `debug` preset in the README and in `--help`."""
+    lines = (ROOT / "README.md").read_text().splitlines() + help_text("train.py").splitlines()
+    examples = []
+    for line in lines:
+        if "train.py --configs " in line:
+            args = line.split("#")[0].split("train.py", 1)[1].split()
+            if "debug" in itertools.takewhile(lambda arg: not arg.startswith("--"), args[1:]):
+                examples.append(args)
+    return examples
+
+
+def test_quick_examples_keep_the_debug_schedule():
+    # A task preset after `debug` brings back its own steps and train ratio (cartpole: 32x the updates).
+    debug = load_config(["debug"]).run
+    examples = quick_examples()
+    assert examples
+    for args in examples:
+        run = parse_cli(args).run
+        steps = int(args[args.index("--run.steps") + 1]) if "--run.steps" in args else debug.steps
+        assert (run.steps, run.train_ratio) == (steps, debug.train_ratio), args
 
 
 def test_help_lists_presets_and_groups():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs.loader import load_config
-from run.logger import WANDB_ID_FILE, Logger, Progress, TerminalOutput, make_logger
+from run.logger import WANDB_ID_FILE, Logger, Progress, TerminalOutput, continue_metrics, make_logger
 from run.video import write_video
 
 
@@ -42,6 +42,44 @@ def test_scalars_are_averaged_between_writes_and_appended(tmp_path):
     again.write(40)
     again.close()
     assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl")] == [10, 20, 40]
+
+
+def write_rows(path, steps, tail=""):
+    path.write_text("".join(json.dumps({"step": s, "a": 1.0}) + "\n" for s in steps) + tail)
+
+
+def test_a_resumed_run_continues_the_metrics_from_its_checkpoint_step(tmp_path):
+    # Checkpoint at 20; the run went on logging to 40 and was killed while writing the row of 50.
+    write_rows(tmp_path / "metrics.jsonl", [10, 20, 30, 40], tail='{"step": 50, "a": 1')
+    logger = make_logger(logger_config(terminal=False), tmp_path, {}, start_step=20)
+    logger.scalar("a", 2.0)
+    logger.write(30)
+    logger.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [
+        {"step": 10, "a": 1.0},
+        {"step": 20, "a": 1.0},
+        {"step": 30, "a": 2.0},  # the resumed run's row, once
+    ]
+
+
+def test_a_line_cut_short_never_swallows_the_next_row(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", [10], tail='{"step": 20, "a": 1')
+    logger = make_logger(logger_config(terminal=False), tmp_path, {})  # appends, less the cut line
+    logger.scalar("a", 2.0)
+    logger.write(20)
+    logger.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 10, "a": 1.0}, {"step": 20, "a": 2.0}]
+
+
+def test_metrics_with_nothing_to_drop_are_left_as_they_are(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    write_rows(path, [10, 20])
+    inode = path.stat().st_ino
+    continue_metrics(path, start_step=20)
+    continue_metrics(tmp_path / "missing.jsonl", start_step=0)
+    assert path.stat().st_ino == inode and [r["step"] for r in read_jsonl(path)] == [10, 20]
+    continue_metrics(path, start_step=0)  # a new run in a folder whose first run had no checkpoint
+    assert path.read_text() == ""
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "gif"])
@@ -136,6 +174,21 @@ def test_tensorboard_gets_scalars_and_histograms(tmp_path):
     assert events.Histograms("eval/returns")[0].histogram_value.num == 3
 
 
+def test_tensorboard_hides_the_steps_after_a_resumed_runs_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = logger_config(terminal=False, tensorboard=True)
+    for start_step, steps, value in ((None, (10, 20, 30), 1.0), (20, (30,), 2.0)):
+        logger = make_logger(config, tmp_path, {}, start_step=start_step)
+        for step in steps:
+            logger.scalar("x", value)
+            logger.write(step)
+        logger.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(10, 1.0), (20, 1.0), (30, 2.0)]
+
+
 def test_wandb_offline_writes_a_run_and_keeps_its_id_on_resume(tmp_path):
     config = logger_config(terminal=False, wandb={"mode": "offline", "project": "test", "tags": ["a"]})
     logger = make_logger(config, tmp_path, {"seed": 3})
@@ -150,6 +203,20 @@ def test_wandb_offline_writes_a_run_and_keeps_its_id_on_resume(tmp_path):
     again.close()
     assert (tmp_path / WANDB_ID_FILE).read_text() == run_id
     assert all(r.name.endswith(run_id) for r in (tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_offline_resumes_the_run_at_the_checkpoint_step(tmp_path):
+    config = logger_config(terminal=False, wandb={"mode": "offline", "project": "test"})
+    first = make_logger(config, tmp_path, {})
+    for step in (10, 20, 30):
+        first.scalar("x", 1.0)
+        first.write(step)
+    first.close()
+    resumed = make_logger(config, tmp_path, {}, start_step=20)
+    run = resumed.outputs[-1].run
+    # Rewound to step 20 (the offline folder records the branch point), not appended after step 30.
+    assert run.id == (tmp_path / WANDB_ID_FILE).read_text() and run.starting_step == 21
+    resumed.close()
 
 
 def test_plots_from_metrics(tmp_path):

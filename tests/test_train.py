@@ -436,10 +436,20 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     checkpoints = Checkpointer(logdir / "checkpoints")
     last = load(checkpoints.latest())
     assert last["step"] >= 80 and last["loop"]["counters"]["updates"] > 0
+    metrics = logdir / "metrics.jsonl"
+    complete = metrics.read_text().split("\n")[:-1]  # the last piece is "" or a line cut by the kill
+    kept = [row for row in map(json.loads, complete) if row["step"] <= last["step"]]
+    with open(metrics, "a") as f:  # for sure: a row after the checkpoint, then one cut short mid-write
+        f.write("\n" + json.dumps({"step": last["step"] + 1, "superseded": 1}) + '\n{"step": 1')
     status = train.main(train_command(logdir, "--run.steps", str(last["step"] + 20), *args[2:])[2:])
     assert status == 0
     assert f"at step {last['step']} " in capsys.readouterr().out
     assert load(checkpoints.latest())["step"] == last["step"] + 20
+    # The metrics continue from the checkpoint's step: each step once, the resumed run's first row kept.
+    steps = [row["step"] for row in rows(logdir)]
+    assert rows(logdir)[: len(kept)] == kept and steps == sorted(set(steps))
+    assert steps[len(kept) :] == list(range(last["step"] + 1, last["step"] + 21))
+    assert "superseded" not in rows(logdir)[len(kept)]
 
 
 def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path, capsys):
