@@ -91,6 +91,10 @@ class ReplayConfig:
     chunk_size: int = bounded(1024, ge=1)
     # Write chunks to `<logdir>/replay` and reload them on resume.
     save: bool = True
+    # A step with a non-finite (NaN or inf) observation, reward or action stops the run with an error
+    # naming the env, key and step; true drops such a step instead (counted in `replay/steps_dropped`;
+    # that env's next stored step starts a new sequence).
+    drop_nonfinite: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ start the longest is the one that counts, so data is never read twice.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from envs.spaces import ArraySpec
-from replay.spec import check_array
+from replay.spec import check_array, float_keys, nonfinite_rows
 from util.files import TMP_SUFFIX, write_atomic
 
 NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.npz$")
@@ -29,6 +30,14 @@ READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib
 
 class ChunkError(ValueError):
     """A chunk file that cannot be read or does not match the replay's step spec."""
+
+
+class Piece(NamedTuple):
+    """Steps read from a chunk, contiguous on disk: indices `start .. stop - 1`, key -> [stop - start, ..]."""
+
+    start: int
+    stop: int
+    data: dict[str, np.ndarray]
 
 
 class ChunkFile(NamedTuple):
@@ -98,7 +107,8 @@ def validate(
     path: Path, data: Mapping[str, np.ndarray], spec: Mapping[str, ArraySpec], length: int | None = None
 ) -> dict[str, np.ndarray]:
     """`data` cast to the spec's dtypes after checking every key is there with shape [L, ...], one L
-    for all keys (and equal to `length` when given); ChunkError naming `path` otherwise."""
+    for all keys (and equal to `length` when given), all floats finite; ChunkError naming `path`
+    otherwise."""
     missing = sorted(set(spec) - set(data))
     if missing:
         raise ChunkError(f"{path} lacks the step keys {missing}")
@@ -109,9 +119,78 @@ def validate(
     steps = found.pop()
     try:
         checked = {key: check_array(key, data[key], s, (steps,)) for key, s in spec.items()}
-        return {key: value.astype(spec[key].dtype, copy=False) for key, value in checked.items()}
     except ValueError as e:
         raise ChunkError(f"{path}: {e}") from e
+    cast = {key: value.astype(spec[key].dtype, copy=False) for key, value in checked.items()}
+    # Written before non-finite steps were refused: loading it would bring the NaN back on every resume.
+    bad = sorted(nonfinite_rows(cast, float_keys(spec)))
+    if bad:
+        raise ChunkError(f"{path} holds non-finite values (NaN or inf) in {bad}")
+    return cast
+
+
+def read_newest(
+    files: list[ChunkFile],
+    spec: Mapping[str, ArraySpec],
+    budget: int,
+    counters: dict[str, int],
+    limit: int | None = None,
+    floor: int | None = None,
+    episodes: bool = False,
+) -> list[Piece]:
+    """The newest readable steps of `files` (sorted by start), oldest first: at most `budget` steps, below
+    the index `limit` and from `floor` on (where given). Overlapping steps come from the later file.
+    Unreadable files are skipped with a warning; `counters` counts `chunks_loaded` and `chunks_skipped`.
+    With `episodes` each file is a whole episode (its missing flags filled) and `limit` does not apply.
+    """
+    pieces = []
+    for chunk in reversed(files):
+        if budget <= 0:
+            break
+        data = _read(chunk, spec, episodes, counters)
+        if data is None:
+            continue
+        start, stop = chunk.start, chunk.start + len(data["is_first"])
+        if not episodes and limit is not None:
+            stop = min(stop, limit)
+        start = max(start, stop - budget, start if floor is None else floor)
+        if stop <= start:
+            continue
+        skip = start - chunk.start
+        pieces.append(Piece(start, stop, {k: v[skip : skip + stop - start] for k, v in data.items()}))
+        budget -= stop - start
+        limit = start
+    return pieces[::-1]
+
+
+def _read(
+    chunk: ChunkFile, spec: Mapping[str, ArraySpec], episodes: bool, counters: dict[str, int]
+) -> dict[str, np.ndarray] | None:
+    try:
+        data = read_arrays(chunk.path, spec)
+        if episodes:
+            data = complete_flags(data)
+        data = validate(chunk.path, data, spec, None if episodes else chunk.length)
+    except ChunkError as e:
+        warnings.warn(f"skipping replay chunk {chunk.path}: {e}", stacklevel=5)
+        counters["chunks_skipped"] += 1
+        return None
+    counters["chunks_loaded"] += 1
+    return data
+
+
+def mark_breaks(pieces: list[Piece], episodes: bool = False) -> list[Piece]:
+    """`pieces` (oldest first) with `is_first` set on the first step of each that does not follow the one
+    before on disk (of each with `episodes`): no sampled window runs on across a gap as if contiguous."""
+    marked, previous = [], None
+    for piece in pieces:
+        if episodes or (previous is not None and piece.start != previous):
+            is_first = piece.data["is_first"].copy()
+            is_first[0] = True
+            piece = piece._replace(data={**piece.data, "is_first": is_first})
+        marked.append(piece)
+        previous = piece.stop
+    return marked
 
 
 def complete_flags(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

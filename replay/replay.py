@@ -4,16 +4,16 @@ Each env stream owns a ring buffer of `capacity // num_streams` steps, prealloca
 key's own dtype (uint8 images stay one byte per value). The oldest steps of a stream are overwritten
 first (FIFO). A sample is `batch_size` windows of `batch_length` contiguous steps, each inside one
 stream and inside the steps it still holds; windows may cross episode boundaries (the model resets
-where `is_first` is set).
+where `is_first` is set). A step with a NaN or inf in a float key is never stored: `add` raises
+NonFiniteStepError naming the env, the key and the step, or with `drop_nonfinite` drops that env's step.
 
-With a directory and `save`, steps are written per stream in chunks of `chunk_size` (see
-`replay/chunks.py`); `flush()` also writes the unsaved tail. The constructor reloads the chunks it finds
-there (the newest up to capacity); corrupt files are skipped with a warning naming them.
+With a directory and `save`, steps are written per stream in chunks of `chunk_size`; `flush()` also
+writes the unsaved tail. The constructor reloads the chunks it finds there; chunks no checkpoint needs
+any more are deleted (see `replay/persistence.py`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,14 +23,17 @@ import torch
 from configs.schema import ReplayConfig
 from envs.spaces import ArraySpec
 from replay import chunks
-from replay.chunks import ChunkError, ChunkFile
+from replay.chunks import Piece
+from replay.persistence import Persistence
 from replay.sampling import Windows, sample_windows
-from replay.spec import check_array, raw_bytes_per_step
-
-INT64_MAX = 2**63 - 1
+from replay.spec import check_array, float_keys, nonfinite_rows, raw_bytes_per_step
 
 
-class Replay:
+class NonFiniteStepError(ValueError):
+    """An env step with a NaN or inf observation, reward or action; the message names env, key and step."""
+
+
+class Replay(Persistence):
     """FIFO sequence replay over `num_streams` env streams.
 
     Args:
@@ -40,6 +43,7 @@ class Replay:
         directory: the run's replay folder; chunks are written there and reloaded from it when
             `config.save` is set (otherwise it is ignored).
         seed: seed of the sampler.
+        env_id: the env the steps come from, named in errors.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class Replay:
         num_streams: int,
         directory: str | Path | None = None,
         seed: int = 0,
+        env_id: str | None = None,
     ):
         self.directory = Path(directory) if directory is not None and config.save else None
         _check_config(config, num_streams, self.directory is not None)
@@ -57,16 +62,28 @@ class Replay:
             raise ValueError(f"replay spec needs an 'is_first' key; it has {sorted(self.spec)}")
         self.config = config
         self.num_streams = num_streams
+        self.env_id = env_id
         self.stream_capacity = config.capacity // num_streams
         self._data = _allocate(self.spec, num_streams, self.stream_capacity)
+        self._floats = float_keys(self.spec)
         S = num_streams
+        self._rows = np.arange(S)
         self._count = np.zeros(S, np.int64)  # steps inserted per stream: index of its next step
         self._stored = np.zeros(S, np.int64)  # steps held: the newest `stored` indices below `count`
-        self._saved = np.zeros(S, np.int64)  # steps below this index are in full chunk files
-        self._offset = np.zeros(S, np.int64)  # index on disk minus index in memory
+        self._saved = np.zeros(S, np.int64)  # steps below this index are in chunk files
+        self._disk = np.zeros((S, self.stream_capacity), np.int64)  # index on disk of each held step
+        self._next = np.zeros(S, np.int64)  # index on disk of the next step; after every existing file
+        self._break = np.zeros(S, bool)  # the next step does not follow the last held one on disk
         self._partial: list[Path | None] = [None] * S  # the last flushed tail file per stream
+        self._release: np.ndarray | None = None  # per stream: the last checkpoint needs no older step
         self._rng = np.random.default_rng(seed)
-        self.counters = {"chunks_saved": 0, "chunks_loaded": 0, "chunks_skipped": 0}
+        self.counters = {
+            "chunks_saved": 0,
+            "chunks_loaded": 0,
+            "chunks_skipped": 0,
+            "chunks_deleted": 0,
+            "steps_dropped": 0,
+        }
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             chunks.remove_stale(self.directory)
@@ -85,7 +102,8 @@ class Replay:
         return bool((self._stored >= self.config.batch_length).any())
 
     def stats(self) -> dict:
-        """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and chunk counts."""
+        """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and counts of
+        chunks and dropped steps."""
         allocated = sum(a.nbytes for a in self._data.values())
         return {
             "steps": len(self),
@@ -100,29 +118,101 @@ class Replay:
     # --- adding ---
 
     def add(self, step: Mapping[str, np.ndarray]) -> None:
-        """Store one step of every stream: each spec key an array [num_streams, ...]; other keys ignored."""
+        """Store one step of every stream: each spec key an array [num_streams, ...]; other keys ignored.
+
+        A NaN or inf in a float key raises NonFiniteStepError (nothing is stored), or with
+        `drop_nonfinite` drops the steps of the streams holding one."""
         missing = sorted(set(self.spec) - set(step))
         if missing:
             raise KeyError(f"replay step lacks keys {missing} (it has {sorted(step)})")
         values = {k: check_array(k, step[k], s, (self.num_streams,)) for k, s in self.spec.items()}
-        rows = np.arange(self.num_streams)
-        slots = self._count % self.stream_capacity
-        for key, value in values.items():
-            self._data[key][rows, slots] = value
-        self._count += 1
-        self._stored = np.minimum(self._stored + 1, self.stream_capacity)
+        # Checked at the stored dtype: a float64 beyond float32's range would be stored as inf.
+        for key in self._floats:
+            if values[key].dtype != self.spec[key].dtype:
+                with np.errstate(over="ignore"):  # an overflow to inf is reported below, naming the key
+                    values[key] = values[key].astype(self.spec[key].dtype)
+        rows = self._finite_rows(values)
+        if rows is not None:
+            values = {key: value[rows] for key, value in values.items()}
+        self._store(values, rows)
         if self.directory is not None:
+            self._delete_released()
             self._save_full_chunks()
 
-    def _insert(self, stream: int, data: Mapping[str, np.ndarray]) -> None:
-        """Append contiguous steps (key -> [L, ...]) to one stream; only the newest capacity are kept."""
-        length = len(data["is_first"])
+    def _store(self, values: dict[str, np.ndarray], rows: np.ndarray | None) -> None:
+        """Write one step (key -> [len(rows), ...]) of the streams `rows` (None: all of them)."""
+        if rows is not None:
+            self._store_rows(values, rows)
+            return
+        # All streams (the common case): whole-array updates, no indexing of the per-stream counters.
+        slots = self._count % self.stream_capacity
+        values["is_first"] = values["is_first"] | self._break
+        self._break.fill(False)
+        for key, value in values.items():
+            self._data[key][self._rows, slots] = value
+        self._disk[self._rows, slots] = self._next
+        self._count += 1
+        self._next += 1
+        np.minimum(self._stored + 1, self.stream_capacity, out=self._stored)
+
+    def _store_rows(self, values: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        slots = self._count[rows] % self.stream_capacity
+        values["is_first"] = values["is_first"] | self._break[rows]
+        self._break[rows] = False
+        for key, value in values.items():
+            self._data[key][rows, slots] = value
+        self._disk[rows, slots] = self._next[rows]
+        self._count[rows] += 1
+        self._next[rows] += 1
+        self._stored[rows] = np.minimum(self._stored[rows] + 1, self.stream_capacity)
+
+    def _finite_rows(self, values: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The streams whose step to store: None (all) when every float is finite; else those without a
+        NaN or inf (`drop_nonfinite`), or a NonFiniteStepError."""
+        bad = nonfinite_rows(values, self._floats)
+        if not bad:
+            return None
+        if not self.config.drop_nonfinite:
+            raise NonFiniteStepError(self._nonfinite_message(bad))
+        dropped = np.logical_or.reduce(list(bad.values()))
+        self.counters["steps_dropped"] += int(dropped.sum())
+        self._break |= dropped  # the next step of a dropping stream does not follow its last one
+        return np.flatnonzero(~dropped)
+
+    def _nonfinite_message(self, bad: dict[str, np.ndarray]) -> str:
+        key, rows = next(iter(bad.items()))
+        stream = int(np.flatnonzero(rows)[0])
+        env = f"env {self.env_id} stream {stream}" if self.env_id else f"env stream {stream}"
+        return (
+            f"non-finite value (NaN or inf) in '{key}' at step {int(self._next[stream])} of {env} (keys "
+            f"holding one: {sorted(bad)}); the step was not stored. Fix the env, or set "
+            "replay.drop_nonfinite true to drop such steps"
+        )
+
+    def _insert(self, stream: int, piece: Piece) -> None:
+        """Append a piece (key -> [L, ...] contiguous on disk) to one stream; only the newest capacity are
+        kept."""
+        length = piece.stop - piece.start
         keep = min(length, self.stream_capacity)
         slots = (self._count[stream] + length - keep + np.arange(keep)) % self.stream_capacity
         for key in self.spec:
-            self._data[key][stream, slots] = data[key][length - keep :]
+            self._data[key][stream, slots] = piece.data[key][length - keep :]
+        self._disk[stream, slots] = np.arange(piece.stop - keep, piece.stop)
         self._count[stream] += length
+        self._next[stream] = piece.stop
         self._stored[stream] = min(self._stored[stream] + length, self.stream_capacity)
+
+    def _prepend(self, stream: int, pieces: list[Piece]) -> None:
+        """Put pieces (oldest first, older than every held step) before the held steps of a stream."""
+        total = sum(p.stop - p.start for p in pieces)
+        first = self._count[stream] - self._stored[stream] - total
+        for piece in pieces:
+            slots = (first + np.arange(piece.stop - piece.start)) % self.stream_capacity
+            for key in self.spec:
+                self._data[key][stream, slots] = piece.data[key]
+            self._disk[stream, slots] = np.arange(piece.start, piece.stop)
+            first += piece.stop - piece.start
+        self._stored[stream] += total
 
     def stream_data(self, stream: int) -> dict[str, np.ndarray]:
         """A copy of the steps one stream holds, oldest first: key -> [stored, ...]."""
@@ -178,155 +268,6 @@ class Replay:
                 if head < T:
                     out[key][b, head:] = array[stream, : T - head]
 
-    # --- persistence ---
-
-    def _save_full_chunks(self) -> None:
-        size = self.config.chunk_size
-        for stream in np.flatnonzero(self._count - self._saved >= size).tolist():
-            start = int(self._saved[stream])
-            self._write(stream, start, start + size)
-            self._saved[stream] += size
-            self._drop_partial(stream, keep=None)
-
-    def flush(self) -> None:
-        """Write every stream's steps not yet in a full chunk as a partial chunk (call at checkpoints).
-
-        The next flush, or the full chunk over the same steps, replaces it."""
-        if self.directory is None:
-            return
-        for stream in range(self.num_streams):
-            self._flush_stream(stream)
-
-    def _flush_stream(self, stream: int) -> None:
-        if self._count[stream] > self._saved[stream]:
-            path = self._write(stream, int(self._saved[stream]), int(self._count[stream]))
-            self._drop_partial(stream, keep=path)
-
-    def _write(self, stream: int, start: int, stop: int) -> Path:
-        data = self._extract(stream, start, stop)
-        path = chunks.write_chunk(self.directory, stream, start + int(self._offset[stream]), data)
-        self.counters["chunks_saved"] += 1
-        return path
-
-    def _drop_partial(self, stream: int, keep: Path | None) -> None:
-        old = self._partial[stream]
-        if old is not None and old != keep:
-            old.unlink(missing_ok=True)
-        self._partial[stream] = keep
-
-    def load(self) -> int:
-        """Reload the chunks in the directory into this (empty) replay: per stream the newest files up to
-        the stream's capacity. Returns the steps loaded. The constructor calls it when chunks exist."""
-        if len(self) or self._count.any():
-            raise RuntimeError("Replay.load() needs an empty replay; it already holds steps")
-        for stream, files in chunks.list_chunks(self.directory).items():
-            if stream >= self.num_streams:
-                warnings.warn(
-                    f"skipping replay chunks of stream {stream} in {self.directory}: this run has "
-                    f"{self.num_streams} streams",
-                    stacklevel=2,
-                )
-                continue
-            self.load_files(stream, chunks.current(files))
-            # New chunks are named after every existing file, so none is ever overwritten.
-            self._offset[stream] = max(f.end for f in files) - self._count[stream]
-        self._saved[:] = self._count
-        return len(self)
-
-    def load_files(self, stream: int, files: list[ChunkFile], episodes: bool = False) -> None:
-        """Insert the newest readable files of one stream (sorted by start) up to its capacity.
-
-        Overlapping steps are taken from the newer file. Where steps are missing between two files (a
-        skipped chunk) or with `episodes` (each file a whole episode) the later file's first step is
-        marked `is_first`, so that no sequence runs on across the break as if it were contiguous.
-        """
-        budget, limit, taken = self.stream_capacity, None, []
-        for chunk in reversed(files):
-            if budget <= 0:
-                break
-            data = self._read(chunk, episodes)
-            if data is None:
-                continue
-            start, stop = chunk.start, chunk.start + len(data["is_first"])
-            if not episodes and limit is not None and stop > limit:
-                stop = limit
-            start = max(start, stop - budget)
-            if stop <= start:
-                continue
-            skip = start - chunk.start
-            taken.append((start, stop, {k: v[skip : skip + stop - start] for k, v in data.items()}))
-            budget -= stop - start
-            limit = start
-        previous_stop = None
-        for start, stop, data in reversed(taken):
-            if episodes or (previous_stop is not None and start != previous_stop):
-                data["is_first"] = data["is_first"].copy()
-                data["is_first"][0] = True
-            self._insert(stream, data)
-            previous_stop = stop
-
-    def _read(self, chunk: ChunkFile, episodes: bool) -> dict[str, np.ndarray] | None:
-        try:
-            data = chunks.read_arrays(chunk.path, self.spec)
-            if episodes:
-                data = chunks.complete_flags(data)
-            data = chunks.validate(chunk.path, data, self.spec, None if episodes else chunk.length)
-        except ChunkError as e:
-            warnings.warn(f"skipping replay chunk {chunk.path}: {e}", stacklevel=3)
-            self.counters["chunks_skipped"] += 1
-            return None
-        self.counters["chunks_loaded"] += 1
-        return data
-
-    # --- exact resume ---
-
-    def state_dict(self) -> dict:
-        """The sampler's random state and each stream's end index on disk (checkpoint-safe plain types).
-
-        Call `flush()` first, so that the disk holds every step the state refers to."""
-        return {
-            "rng": _encode_ints(self._rng.bit_generator.state),
-            "ends": (self._count + self._offset).tolist(),
-            "stored": self._stored.tolist(),
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore the sampler and drop steps added after the checkpoint (in memory and on disk), so that
-        a resumed run has the data, and draws the batches, of the run it continues."""
-        ends = list(state["ends"])
-        if len(ends) != self.num_streams:
-            raise ValueError(f"replay state has {len(ends)} streams, this replay has {self.num_streams}")
-        self._rng.bit_generator.state = _decode_ints(state["rng"])
-        for stream, end in enumerate(ends):
-            current = int(self._count[stream] + self._offset[stream])
-            if current > end:
-                self._truncate(stream, end)
-        if self._stored.tolist() != list(state["stored"]):
-            warnings.warn(
-                f"replay holds {self._stored.tolist()} steps per stream, {list(state['stored'])} at the "
-                "checkpoint (chunks missing or skipped): sampling differs from the original run",
-                stacklevel=2,
-            )
-
-    def _truncate(self, stream: int, end: int) -> None:
-        """Forget the steps of `stream` from disk index `end` on; rewrite the kept tail of a cut file."""
-        count = end - int(self._offset[stream])
-        drop = int(self._count[stream]) - count
-        self._count[stream] = count
-        self._stored[stream] = max(0, int(self._stored[stream]) - drop)
-        if self.directory is None:
-            self._saved[stream] = min(self._saved[stream], count)
-            return
-        stale = [f for f in chunks.list_chunks(self.directory).get(stream, []) if f.end > end]
-        oldest_held = count - int(self._stored[stream])
-        rewrite_from = min([f.start - int(self._offset[stream]) for f in stale] + [int(self._saved[stream])])
-        self._saved[stream] = max(min(rewrite_from, count), oldest_held)
-        self._partial[stream] = None
-        self._flush_stream(stream)
-        for f in stale:
-            if f.path != self._partial[stream]:
-                f.path.unlink(missing_ok=True)
-
 
 def _check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
     if num_streams < 1:
@@ -364,20 +305,3 @@ def _allocate(spec: Mapping[str, ArraySpec], streams: int, capacity: int) -> dic
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros((), dtype)).dtype
-
-
-def _encode_ints(obj):
-    """Ints beyond int64 (the generator's 128-bit state) as decimal strings, for weights_only loading."""
-    if isinstance(obj, dict):
-        return {k: _encode_ints(v) for k, v in obj.items()}
-    if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) > INT64_MAX:
-        return str(obj)
-    return obj
-
-
-def _decode_ints(obj):
-    if isinstance(obj, dict):
-        return {k: _decode_ints(v) for k, v in obj.items()}
-    if isinstance(obj, str) and obj.lstrip("-").isdigit():
-        return int(obj)
-    return obj

@@ -45,3 +45,19 @@ def check_array(key: str, value: np.ndarray, spec: ArraySpec, lead: tuple[int, .
 def raw_bytes_per_step(spec: Mapping[str, ArraySpec]) -> int:
     """Bytes of one step's arrays at their own dtypes (uint8 images count one byte per value)."""
     return sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in spec.values())
+
+
+def float_keys(spec: Mapping[str, ArraySpec]) -> list[str]:
+    """The keys holding floats: the only ones that can hold NaN or inf (images and flags cannot)."""
+    return [key for key, s in spec.items() if np.issubdtype(np.dtype(s.dtype), np.floating)]
+
+
+def nonfinite_rows(values: Mapping[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
+    """Per key of `keys` holding a NaN or inf: which rows [N] do; empty when all are finite (the common
+    case, one `np.isfinite` per key)."""
+    bad = {}
+    for key in keys:
+        finite = np.isfinite(values[key])
+        if not finite.all():
+            bad[key] = ~finite.reshape(len(finite), -1).all(axis=1)
+    return bad

@@ -1,5 +1,5 @@
-"""Replay: invariants of storage and sampling, persistence (save, kill, reload, corruption), exact resume,
-the offline dataset loader, and errors.
+"""Replay: invariants of storage and sampling, persistence (save, kill, reload, corruption, disk bounded by
+capacity), exact resume, the offline dataset loader, and errors (non-finite steps among them).
 
 The synthetic data makes every step identify itself: `vector` = [stream, step index, episode id], the
 image is filled with the step index modulo 251, so contiguity and order can be read off a batch.
@@ -24,8 +24,8 @@ import torch
 
 from configs.loader import load_config
 from envs.spaces import ArraySpec
-from replay import Replay, load_dataset, step_spec
-from replay.chunks import list_chunks, write_chunk
+from replay import NonFiniteStepError, Replay, load_dataset, step_spec
+from replay.chunks import current, list_chunks, write_chunk
 from replay.sampling import recent_counts, sample_windows, window_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,19 @@ class Streams:
 def fill(replay: Replay, streams: Streams, steps: int) -> None:
     for _ in range(steps):
         replay.add(streams.step())
+
+
+def through_checkpoint(state: dict) -> dict:
+    """`state` saved and loaded as a checkpoint stores it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def steps_on_disk(directory: Path) -> dict[int, int]:
+    """Steps per stream in the chunk files that count (a flushed tail superseded by its full chunk not)."""
+    return {s: sum(f.length for f in current(files)) for s, files in list_chunks(directory).items()}
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -302,6 +315,97 @@ while True:
             np.testing.assert_array_equal(held[key], np.stack([step[key][s] for step in log[:n]]), key)
 
 
+def test_newest_corrupt_chunk_loses_only_its_steps_after_a_kill(tmp_path):
+    """A run is killed after its checkpoint at step 200 (SIGKILL at step 270); the newest chunk (steps
+    192..255) is then cut to 500 bytes. The resume keeps every valid step (0..191; it used to keep 136,
+    its index taken from the skipped file's name), the next step starts a new sequence, and new chunks
+    are named after the checkpoint's steps (no longer a copy of steps 128..135 under a new name)."""
+    code = f"""
+import os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+import torch
+from test_replay import SPEC, Replay, Streams, fill, replay_config
+replay = Replay(SPEC, replay_config(capacity=300, chunk_size=64), 1, {str(tmp_path)!r})
+streams = Streams(1)
+fill(replay, streams, 200)
+replay.flush()
+torch.save(replay.state_dict(), {str(tmp_path / "state.pt")!r})
+fill(replay, streams, 70)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    child = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.returncode == -signal.SIGKILL
+    newest = tmp_path / "0000-000000000192-0000064.npz"
+    os.truncate(newest, 500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = Replay(SPEC, replay_config(capacity=300, chunk_size=64), 1, tmp_path)
+        resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert newest.name in " ".join(str(w.message) for w in caught)
+    np.testing.assert_array_equal(resumed.stream_data(0)["vector"][:, 1], np.arange(192))
+    later = Streams(1, seed=5)
+    later.step()  # so that the first step added is not an episode start of its own
+    log = [later.step() for _ in range(70)]
+    assert not log[0]["is_first"][0]
+    for step in log:
+        resumed.add(step)
+    resumed.flush()
+    assert sorted(p.name for p in tmp_path.glob("*.npz"))[3:] == [
+        "0000-000000000200-0000064.npz",
+        "0000-000000000264-0000006.npz",
+    ]
+    held = Replay(SPEC, replay_config(capacity=300, chunk_size=64), 1, tmp_path).stream_data(0)
+    np.testing.assert_array_equal(held["vector"][:192, 1], np.arange(192))
+    np.testing.assert_array_equal(held["vector"][192:], np.stack([step["vector"][0] for step in log]))
+    assert held["is_first"][192]  # no window runs from step 191 into the resumed steps as if contiguous
+    np.testing.assert_array_equal(held["is_first"][193:], [step["is_first"][0] for step in log[1:]])
+
+
+def test_chunks_no_checkpoint_needs_are_deleted_and_a_resume_finds_every_step(tmp_path):
+    """Disk use is bounded by capacity (every chunk used to stay: 400 steps per stream here). After each
+    checkpoint the loop goes on, and a kill at that point resumes with the checkpoint's exact steps."""
+    config = replay_config(capacity=2 * 48, chunk_size=16)
+    replay = Replay(SPEC, config, 2, tmp_path, seed=1)
+    streams = Streams(2)
+    for _ in range(8):
+        fill(replay, streams, 30)
+        replay.flush()  # the loop's checkpoint: flush, state_dict, write the checkpoint
+        state = through_checkpoint(replay.state_dict())
+        held = [replay.stream_data(s) for s in range(2)]
+        expected = replay.sample()
+        fill(replay, streams, 20)  # the steps after it, lost with a kill
+        # Its 48 steps per stream, the part of the chunk before them, the 20 steps after it.
+        assert all(steps <= 48 + 15 + 20 for steps in steps_on_disk(tmp_path).values())
+    assert replay.stats()["chunks_deleted"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no step of the checkpoint is missing
+        resumed = Replay(SPEC, config, 2, tmp_path, seed=7)
+        resumed.load_state_dict(state)
+    for s in range(2):
+        assert_same(resumed.stream_data(s), held[s])
+    assert_same(resumed.sample(), expected)
+
+
+def test_chunks_are_deleted_only_once_the_checkpoint_no_longer_needing_them_is_written(tmp_path):
+    """Killed while writing a checkpoint (after its state was taken, before the loop adds a step): the
+    previous checkpoint, the newest on disk, still finds every step it holds."""
+    config = replay_config(capacity=48, chunk_size=16)
+    replay = Replay(SPEC, config, 1, tmp_path)
+    streams = Streams(1)
+    fill(replay, streams, 100)
+    replay.flush()
+    written = through_checkpoint(replay.state_dict())  # holds steps 52..99
+    held = replay.stream_data(0)
+    fill(replay, streams, 50)  # deletes the chunks of steps 0..47, which it does not need
+    replay.flush()
+    replay.state_dict()  # holds steps 102..149; its checkpoint is never written
+    assert sorted(f.start for f in current(list_chunks(tmp_path)[0]))[0] == 48
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed = Replay(SPEC, config, 1, tmp_path)
+        resumed.load_state_dict(written)
+    assert_same(resumed.stream_data(0), held)
+
+
 # --- exact resume ---
 
 
@@ -426,3 +530,55 @@ def test_chunk_names_are_unique_per_stream_and_start(tmp_path):
     found = list_chunks(tmp_path)
     assert sorted(found) == [0, 1, 2]
     assert all([c.start for c in files] == [0, 16, 32] for files in found.values())
+
+
+def test_nonfinite_steps_are_refused_naming_the_env_key_and_step():
+    """A NaN observation used to be stored and stop the run 10 updates later ("non-finite loss or
+    gradient"), naming neither env nor key; now the step is refused at once and nothing is stored."""
+    replay = Replay(SPEC, replay_config(), 2, env_id="Pendulum-v1")
+    streams = Streams(2)
+    fill(replay, streams, 5)
+    step = streams.step()
+    bad = {**step, "vector": step["vector"].copy()}
+    bad["vector"][1, 2] = np.nan
+    with pytest.raises(NonFiniteStepError, match="'vector' at step 5 of env Pendulum-v1 stream 1"):
+        replay.add(bad)
+    with pytest.raises(NonFiniteStepError, match="'reward' at step 0 of env stream 0"):
+        Replay(SPEC, replay_config(), 2).add({**step, "reward": np.array([np.inf, 0.0], np.float32)})
+    huge = step["vector"].astype(np.float64)
+    huge[0, 0] = 1e300  # finite as float64, inf at the stored float32
+    with pytest.raises(NonFiniteStepError, match="'vector'"):
+        replay.add({**step, "vector": huge})
+    assert len(replay) == 10 and all(np.isfinite(replay.stream_data(s)["vector"]).all() for s in range(2))
+
+
+def test_drop_nonfinite_drops_and_counts_the_step_and_the_next_starts_a_sequence(tmp_path):
+    config = replay_config(capacity=300, chunk_size=16, drop_nonfinite=True)
+    replay = Replay(SPEC, config, 2, tmp_path)
+    streams = Streams(2)
+    log = [streams.step() for _ in range(40)]
+    log[10] = {**log[10], "reward": np.array([np.nan, 1.0], np.float32)}
+    for step in log:
+        replay.add(step)
+    assert replay.stats()["steps_dropped"] == 1
+    held = [replay.stream_data(s) for s in range(2)]
+    np.testing.assert_array_equal(held[0]["vector"][:, 1], np.r_[0:10, 11:40])
+    np.testing.assert_array_equal(held[1]["vector"][:, 1], np.arange(40))
+    assert held[0]["is_first"][10]  # step 11 does not follow step 9
+    assert all(np.isfinite(h[key]).all() for h in held for key in ("vector", "reward", "action"))
+    replay.flush()
+    reloaded = Replay(SPEC, config, 2, tmp_path)
+    for s in range(2):
+        assert_same(reloaded.stream_data(s), held[s])
+
+
+def test_chunks_holding_nonfinite_values_are_skipped(tmp_path):
+    """Chunks written before non-finite steps were refused no longer bring the NaN back on every resume."""
+    replay = Replay(SPEC, replay_config(capacity=200, chunk_size=16), 1, tmp_path)
+    fill(replay, Streams(1), 32)
+    poisoned = replay.stream_data(0)
+    poisoned["vector"][20, 0] = np.nan
+    write_chunk(tmp_path, 0, 16, {k: v[16:32] for k, v in poisoned.items()})  # over the chunk [16, 32)
+    with pytest.warns(UserWarning, match=r"0000-000000000016-0000016.npz holds non-finite values.*'vector'"):
+        reloaded = Replay(SPEC, replay_config(capacity=200, chunk_size=16), 1, tmp_path)
+    np.testing.assert_array_equal(reloaded.stream_data(0)["vector"][:, 1], np.arange(16))
