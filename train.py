@@ -42,6 +42,14 @@ class LogdirError(RuntimeError):
     """The run folder cannot be created or written."""
 
 
+class BadConfigError(ValueError):
+    """A config value that the schema allows but this machine or environment cannot run (exit 2)."""
+
+
+class RunIOError(RuntimeError):
+    """A file of the run could not be written mid-run (exit 1, after a final checkpoint where possible)."""
+
+
 def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_size: int = 1) -> Any:
     """The replay (shard) of one rank: `<logdir>/replay`, or `<logdir>/replay/rank<r>` across ranks."""
     from replay import Replay, step_spec
@@ -256,6 +264,7 @@ def train(config: Config, factories: Factories | None = None) -> int:
     from run.loop import NonFiniteError
     from run.stop import StopFlag
 
+    check_runnable(config)
     world = init_world(config.run.dist_backend, config.run.device)
     lock = RunLock(config.logdir)
     try:
@@ -268,6 +277,8 @@ def train(config: Config, factories: Factories | None = None) -> int:
                 except NonFiniteError:
                     loop.write_logs()  # the metrics of the diverging updates are worth keeping
                     raise
+                except OSError as e:
+                    raise RunIOError(f"{e}; {final_checkpoint(loop, world)}") from None
                 finally:
                     close(loop.parts)
             world.barrier()  # every rank is done with the collectives before any leaves the group
@@ -280,6 +291,36 @@ def train(config: Config, factories: Factories | None = None) -> int:
         return stop.exit_status()
     finally:
         lock.release()
+
+
+def check_runnable(config: Config) -> None:
+    """What the schema cannot check, before anything is written: the device exists, the env id builds an
+    env with supported spaces (rendering too, when pixels are asked for), and the replay's sizes fit
+    together. Raises BadConfigError with one line."""
+    from agent import resolve_device
+    from envs import make_vec_env
+    from replay.replay import _check_config as check_replay
+
+    try:
+        resolve_device(config.run.device)
+        replay = dataclasses.replace(config.replay, capacity=replay_capacity(config, config.env.num_envs))
+        check_replay(replay, config.env.num_envs, config.replay.save)
+        make_vec_env(config.env, seed=config.seed, num_envs=1).close()
+    except ValueError as e:  # EnvError is a ValueError
+        raise BadConfigError(str(e)) from None
+
+
+def final_checkpoint(loop: Loop, world: World) -> str:
+    """After an I/O error mid-run: a checkpoint of everything but the replay's unsaved steps, where the
+    checkpoint folder still takes one (one process only: data-parallel ranks cannot agree after one of
+    them failed). Says what became of it."""
+    if world.distributed:
+        return "no final checkpoint (a data-parallel rank failed)"
+    try:
+        loop.save(flush=False)
+    except OSError as e:
+        return f"no final checkpoint either ({e})"
+    return f"final checkpoint at step {loop.counters.step} (replay steps since the last saved chunk are lost)"
 
 
 def claim_logdir(lock: RunLock, config: Config, world: World) -> None:
@@ -324,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return train(config)
-    except RunFolderBusyError as e:
+    except (RunFolderBusyError, BadConfigError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (LogdirError, CheckpointError, NonFiniteError, DistributedError, MemoryError) as e:
+    except (LogdirError, CheckpointError, NonFiniteError, DistributedError, MemoryError, RunIOError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -284,13 +284,15 @@ class Loop:
                 self.logger.sums[name] += value
                 self.logger.counts[name] += counts[name]
 
-    def save(self) -> None:
-        """Flush the replay to its chunks (so disk equals memory) and write a checkpoint.
+    def save(self, flush: bool = True) -> None:
+        """Flush the replay to its chunks (so disk equals memory; not with `flush` False, after the replay
+        failed to write) and write a checkpoint.
 
         Across ranks every rank flushes its own replay shard and rank 0 writes one checkpoint holding
         the shared weights and every rank's own state, after checking that all ranks' weights agree.
         """
-        self.replay.flush()
+        if flush:
+            self.replay.flush()
         state = self.world.gather_ranks(self.state_dict(), rank_part)
         if self.world.is_main:
             self.parts.checkpointer.save(state, self.counters.step)

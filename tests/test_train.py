@@ -284,6 +284,47 @@ def test_unwritable_logdir_is_a_clear_error(tmp_path, capsys):
     assert "train.py: error: cannot write to logdir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--replay.capacity", "10"], "replay.chunk_size=64 exceeds the 10 steps each stream holds"),
+        (["--run.device", "cuda"], "run.device is 'cuda' but CUDA is not available"),
+        (["--env.id", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
+    ],
+)
+def test_values_the_schema_cannot_check_exit_2_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, args, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status = train.main(["--configs", "debug", "--logdir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("train.py: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_io_error_mid_run_ends_in_one_line_after_a_final_checkpoint(tmp_path):
+    """The replay's disk fills at step 100: the run ends with RunIOError (main: one line, exit 1) and a
+    checkpoint of that step, though the replay cannot be flushed."""
+
+    def failing_replay(config, env, logdir, rank=0, world_size=1):
+        replay = train.make_replay(config, env, logdir, rank, world_size)
+        add = replay.add
+
+        def add_until_full(step):
+            if len(replay) >= 100:
+                raise OSError(28, "No space left on device", str(logdir / "replay"))
+            add(step)
+
+        replay.add = add_until_full
+        return replay
+
+    config = config_for(tmp_path, steps=300)
+    with pytest.raises(train.RunIOError, match="No space left on device.*final checkpoint at step 100"):
+        train.train(config, stub_factories()._replace(make_replay=failing_replay))
+    assert Checkpointer(tmp_path / "checkpoints").latest().name == "ckpt-000000100.pt"
+    assert not (tmp_path / ".lock").read_text()  # the lock is released
+
+
 # --- the real parts on the debug preset -------------------------------------------------------------
 
 FAST = ["--run.train_ratio", "16", "--logger.wandb.mode", "disabled"]
