@@ -60,7 +60,7 @@ def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_siz
         directory = logdir / "replay" / f"rank{rank}" if world_size > 1 else logdir / "replay"
     capacity = replay_capacity(config, env.num_envs, world_size)
     replay_config = dataclasses.replace(config.replay, capacity=capacity)
-    return Replay(spec, replay_config, env.num_envs, directory, seed=config.seed + rank)
+    return Replay(spec, replay_config, env.num_envs, directory, seed=config.seed + rank, env_id=config.env.id)
 
 
 def replay_capacity(config: Config, num_envs: int, world_size: int = 1) -> int:
@@ -299,7 +299,7 @@ def check_runnable(config: Config) -> None:
     together. Raises BadConfigError with one line."""
     from agent import resolve_device
     from envs import make_vec_env
-    from replay.replay import _check_config as check_replay
+    from replay import check_config as check_replay
 
     try:
         resolve_device(config.run.device)
@@ -359,6 +359,7 @@ def summarize(logdir: Path, logger: Logger) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = main_config(argv, prog="train.py")
+    from replay import NonFiniteStepError
     from run.checkpoint import CheckpointError
     from run.distributed import DistributedError
     from run.loop import NonFiniteError
@@ -368,7 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFolderBusyError, BadConfigError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (LogdirError, CheckpointError, NonFiniteError, DistributedError, MemoryError, RunIOError) as e:
+    except (
+        LogdirError,
+        CheckpointError,
+        NonFiniteError,
+        NonFiniteStepError,
+        DistributedError,
+        MemoryError,
+        RunIOError,
+    ) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -56,7 +56,7 @@ class Replay(Persistence):
         env_id: str | None = None,
     ):
         self.directory = Path(directory) if directory is not None and config.save else None
-        _check_config(config, num_streams, self.directory is not None)
+        check_config(config, num_streams, self.directory is not None)
         self.spec = {key: ArraySpec(tuple(s.shape), np.dtype(s.dtype)) for key, s in spec.items()}
         if "is_first" not in self.spec:
             raise ValueError(f"replay spec needs an 'is_first' key; it has {sorted(self.spec)}")
@@ -269,7 +269,7 @@ class Replay(Persistence):
                     out[key][b, head:] = array[stream, : T - head]
 
 
-def _check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
+def check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
     if num_streams < 1:
         raise ValueError(f"replay needs num_streams >= 1, got {num_streams}")
     for name in ("batch_size", "batch_length", "chunk_size", "recent_window"):

@@ -325,6 +325,45 @@ def test_an_io_error_mid_run_ends_in_one_line_after_a_final_checkpoint(tmp_path)
     assert not (tmp_path / ".lock").read_text()  # the lock is released
 
 
+NAN_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class NanAt(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.full(3, np.nan if self.t == 40 else 0.0, np.float32)
+        return obs, 0.0, False, self.t >= 50, {}
+
+
+gym.register("NanAt40-v0", entry_point=NanAt)
+"""
+
+
+def test_a_nonfinite_observation_stops_the_run_in_one_line_naming_env_key_and_step(
+    tmp_path, capsys, monkeypatch
+):
+    """Before: the NaN was stored and the run stopped 10 updates later on a non-finite loss, naming
+    neither the env nor the key."""
+    (tmp_path / "nan_env.py").write_text(NAN_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["--configs", "debug", "--env.id", "nan_env:NanAt40-v0", "--logdir", str(tmp_path / "run"), *FAST]
+    args += ["--logger.terminal", "false"]
+    status = train.main(args)
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1, err
+    assert "nan_env:NanAt40-v0" in err and "'vector'" in err and "at step 40" in err and "not stored" in err
+
+
 # --- the real parts on the debug preset -------------------------------------------------------------
 
 FAST = ["--run.train_ratio", "16", "--logger.wandb.mode", "disabled"]
