@@ -28,7 +28,6 @@ import dataclasses
 import json
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +62,7 @@ from run.logger import Summary, WandbOutput
 from run.seeding import seed_everything
 from run.video import write_video
 from train import EVAL_SEED_OFFSET, setup_host
+from util.files import cannot_write
 
 PROG = "evaluate.py"
 MODES = ("eval", "train")
@@ -138,18 +138,6 @@ def load_run(logdir: str | None, checkpoint: str | None, overrides: dict) -> Loa
         base.write_text(state["config"])
         config = load_config([], overrides, base=base)
     return Loaded(config, path, state)
-
-
-def cannot_write(folder: Path) -> str | None:
-    """Why `folder` (created if missing) cannot be written, or None when it can."""
-    probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
 
 
 def prepare_out(out: Path, given: bool) -> Path:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from configs.loader import main_config, save_config, to_yaml
 from configs.schema import Config
 from run.lock import RunFolderBusyError, RunLock
+from util.files import cannot_write
 
 # torch, wandb and matplotlib take seconds to import: they are imported where they are used, so a
 # mistyped command line is answered at once.
@@ -109,13 +109,9 @@ class Start(NamedTuple):
 def prepare_logdir(path: str) -> Path:
     """Create the run folder and check that it can be written, or raise LogdirError."""
     logdir = Path(path)
-    probe = logdir / f".write-test-{uuid.uuid4().hex[:8]}"
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise LogdirError(f"cannot write to logdir '{logdir}': {e.strerror or e}") from None
+    why = cannot_write(logdir)
+    if why:
+        raise LogdirError(f"cannot write to logdir '{logdir}': {why}")
     return logdir
 
 

@@ -187,20 +187,14 @@ class Checkpointer:
 def _write_with_digest(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through `<path>.tmp`, with its digest in place before the file gets its name: a
     kill at any moment leaves either no checkpoint of that name or one that can be verified."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def write_digest(tmp: Path) -> None:
         digest = _sha256(tmp)
         path.unlink(missing_ok=True)  # a checkpoint of the same step never sits beside another's digest
         write_atomic(_digest_path(path), lambda f: f.write(digest.encode()))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write, before_rename=write_digest)
+    _fsync_dir(path.parent)
 
 
 def load_newest(directory: Path, move_aside: bool = False) -> Loaded | None:
