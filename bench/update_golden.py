@@ -43,6 +43,8 @@ CASES = {
 
 
 def synthetic_batch(obs_space, act_space, B: int, T: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed batch with episode boundaries and any action space. Written out here rather than taken
+    from bench/update.py, so that this file alone, copied into an earlier checkout, records there."""
     rng = np.random.default_rng(seed)
     if act_space.discrete:
         action = np.eye(act_space.dim, dtype=np.float32)[rng.integers(0, act_space.dim, (B, T))]
