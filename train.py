@@ -2,7 +2,7 @@
 
 Starting the same command again on the same logdir resumes from its newest checkpoint (the replay
 comes back from its chunks). `--run.from_checkpoint PATH` initializes the agent (weights, optimizer
-states, return scaler, slow critic) from another run's checkpoint when this logdir has none.
+states, return normalizer, slow critic) from another run's checkpoint when this logdir has none.
 `torchrun --nproc_per_node N train.py ...` trains data-parallel on N processes (run/distributed.py).
 SIGTERM or Ctrl-C writes a final checkpoint and exits with status 0 (SIGTERM) or 130 (SIGINT).
 One process trains in a run folder at a time (run/lock.py): a second one on the same logdir exits.

@@ -5,7 +5,7 @@
 Every rank runs the whole loop on its own envs (distinct seeds) and its own replay shard
 (`<logdir>/replay/rank<r>`). After each backward pass the gradients (and the loss) are averaged across
 ranks with one all-reduce, so every rank applies the same optimizer step and all ranks hold identical
-weights. The return scaler computes its percentiles over the returns of all ranks, logged scalars are
+weights. The return normalizer computes its percentiles over the returns of all ranks, logged scalars are
 averaged over all ranks (episode statistics pool every rank's episodes), and only rank 0 evaluates,
 renders videos, writes logs and writes checkpoints; a checkpoint holds every rank's own state (replay
 sampler, training carry, counters, random states) beside the shared weights, so a resume on the same

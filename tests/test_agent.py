@@ -85,7 +85,7 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
     assert metrics["nonfinite"] == 0.0 and metrics["lr"] == 0.0 and steps(agent) == 1
     # The warm-up starts at lr 0 (as the reference's optax schedule): learned weights are unchanged,
-    # the return scaler (a running statistic) has moved.
+    # the return normalizer (a running statistic) has moved.
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items() if "retnorm" not in k)
     state, metrics = agent.train(batch(seed=1), state)

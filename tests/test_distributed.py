@@ -54,7 +54,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
         a.grad = torch.full((3,), float("nan") if rank == 1 else 1.0)
         world.average_grads([a], torch.tensor(0.0))
         results["nan"] = bool(torch.isnan(a.grad).all())
-        # The return scaler's percentiles over both ranks' returns.
+        # The return normalizer's percentiles over both ranks' returns.
         torch.manual_seed(rank)
         ret = torch.randn(64, 16) * (rank + 1)
         stats = RetNorm(decay=0.0).update(world.all_gather(ret))

@@ -1,4 +1,4 @@
-"""Lambda-return against a naive loop; the percentile return scaler against numpy."""
+"""Lambda-return against a naive loop; the percentile return normalizer (`RetNorm`) against numpy."""
 
 import numpy as np
 import pytest
