@@ -1,4 +1,4 @@
-"""Lambda-returns and the percentile return normalizer (`RetNorm`) (DreamerV3, "Critic learning", "Actor learning").
+"""Lambda-returns and the percentile return normalizer `RetNorm` (DreamerV3, "Critic learning").
 
 The lambda-return is written once, in the general form of the reference's `lambda_return`
 (dreamerv3/agent.py, v2), and serves both the imagined rollouts and the replayed sequences:
