@@ -462,6 +462,35 @@ def test_resumed_run_continues_bit_identically(tmp_path):
         assert torch.equal(a, b)
 
 
+def on_meta(config, obs_space, act_space):
+    """The real agent on the "meta" device, a stand-in accelerator: meta tensors carry shapes only, and
+    mixing them with CPU tensors raises the device errors CUDA raises."""
+    from agent import make_agent
+
+    return make_agent(
+        dataclasses.replace(config, run=dataclasses.replace(config.run, device="meta")), obs_space, act_space
+    )
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
+def test_a_cpu_checkpoint_resumes_with_the_carry_on_the_agents_device(tmp_path):
+    train.build(config_for(tmp_path, steps=96)).run(StopFlag())
+    assert load(tmp_path)["loop"]["train_state"] is not None  # the run trained: there is a carry
+    loop = train.build(config_for(tmp_path, steps=96), train.Factories(make_agent=on_meta))
+    agent, carry = loop.agent, loop.train_state
+    assert {x.device.type for x in carry} == {"meta"}
+    # The first update's loss runs from the restored carry (through `RSSM._reset`'s torch.where). A full
+    # `Agent.train` cannot run on meta: its metrics are read back to the host, and meta holds no data.
+    data = agent.to_device(loop.parts.replay.sample_torch(agent.device))
+    total, out = agent.loss(data, carry)
+    total.backward()
+    assert total.device.type == "meta" and {x.device.type for x in out.carry} == {"meta"}
+    # A carry left on the CPU, as the loop restored it before `Agent.load_carry`, fails there.
+    cpu_carry = type(carry)(*(torch.zeros(x.shape) for x in carry))
+    with pytest.raises(RuntimeError, match="device"):
+        agent.loss(data, cpu_carry)
+
+
 def test_incompatible_config_is_refused_naming_the_keys(tmp_path, capsys):
     logdir = tmp_path / "run"
     train.build(config_for(logdir, steps=70)).run(StopFlag())
