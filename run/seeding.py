@@ -40,7 +40,20 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        set_cuda_rng_states(state["cuda"])
+
+
+def set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    """One saved state per CUDA device, restored on the devices that exist now: a resume may see fewer
+    GPUs than the run that saved (the others' states are dropped, with one line) or more (those keep
+    their fresh seeds)."""
+    count = torch.cuda.device_count()
+    if len(states) > count:
+        print(
+            f"random states of {len(states)} CUDA devices saved, {count} visible: restoring the first {count}"
+        )
+    for device, cuda_state in enumerate(states[:count]):
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def generator_state(rng: np.random.Generator) -> dict:

@@ -58,6 +58,21 @@ def test_rng_states_restore_exactly_through_a_checkpoint(tmp_path):
     assert torch.equal(got[2], expected[2])
 
 
+@pytest.mark.parametrize("visible", [1, 2, 3])
+def test_cuda_rng_states_restore_on_the_devices_that_exist(monkeypatch, capsys, visible):
+    saved = [torch.full((8,), float(device), dtype=torch.uint8) for device in range(2)]  # a 2-GPU run
+    state = {**rng_state(), "cuda": saved}
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s))
+    set_rng_state(state)
+    assert sorted(restored) == list(range(min(visible, 2)))
+    assert all(torch.equal(restored[d], saved[d]) for d in restored)
+    dropped = "random states of 2 CUDA devices saved, 1 visible: restoring the first 1"
+    assert capsys.readouterr().out.splitlines() == ([dropped] if visible < 2 else [])
+
+
 def test_keeps_only_the_newest_n(tmp_path):
     saver = Checkpointer(tmp_path, keep=2)
     for step in (10, 20, 30, 40):
