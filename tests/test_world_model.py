@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
+from nets.distributions import TwoHot
 from nets.onehot import Features, OneHot
 from world_model.rssm import RSSMState
 from world_model.world_model import WorldModel
@@ -97,6 +98,29 @@ def test_continuation_target_is_discounted():
     torch.testing.assert_close(lik.con, -wm.cont(feat).log_prob(target))
     wm_v1 = make("vector", cont_discount=False)
     assert wm_v1.discount == 1.0
+
+
+def test_heads_latents_and_decoder_build_float32_distributions_under_bf16_autocast():
+    wm = make("both", latent="gaussian")
+    with torch.no_grad():
+        for p in wm.reward.parameters():  # logits that are not all zero (outscale 0 starts them there)
+            p.normal_(0.0, 0.5)
+    feat, deter = torch.randn(5, wm.feat_size), torch.randn(5, wm.rssm.deter)
+    rew_target, cont_target = torch.full((5,), 1000.5), torch.full((5,), 1.0 - 1.0 / 333)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wm.reward.mlp(feat).dtype == torch.bfloat16  # the networks do run in bf16
+        rew, cont = wm.reward(feat), wm.cont(feat)
+        rew_logp, cont_logp = rew.log_prob(rew_target), cont.log_prob(cont_target)
+        latent, dec = wm.rssm.dist(wm.rssm.prior(deter)), wm.decoder(feat)
+    assert rew.raw.dtype == rew.bins.dtype == cont.logits.dtype == torch.float32
+    assert torch.equal(rew.bins, wm.reward.bins)  # 1000.5 is not moved to a bf16 bin
+    # The same logits outside autocast, in float32: the same log-probabilities to the bit.
+    assert torch.equal(rew_logp, TwoHot(rew.raw, wm.reward.bins, rew.space).log_prob(rew_target))
+    logits = cont.logits
+    expected = cont_target * F.logsigmoid(logits) + (1.0 - cont_target) * F.logsigmoid(-logits)
+    assert torch.equal(cont_logp, expected)  # 1 - 1/333 kept (bf16 would make it 0.99609)
+    assert latent.dist.loc.dtype == latent.dist.std.dtype == torch.float32
+    assert {d.pred.dtype for d in dec.values()} == {torch.float32}
 
 
 @pytest.mark.parametrize(

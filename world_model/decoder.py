@@ -65,11 +65,13 @@ class Decoder(nn.Module):
     def forward(self, feat: torch.Tensor) -> dict[str, MSE]:
         lead = feat.shape[:-1]
         feat = feat.reshape(-1, feat.shape[-1])
+        # Every output is upcast to float32 before its distribution: under bf16 autocast the squared
+        # errors would otherwise be taken against targets rounded to bf16.
         dists = {}
         if self.vector_keys:
             outs = self.mlp(feat).split(self.vector_sizes, -1)
             for key, out in zip(self.vector_keys, outs, strict=True):
-                dists[key] = SymlogMSE(out.reshape(*lead, out.shape[-1]), event_dims=1)
+                dists[key] = SymlogMSE(out.reshape(*lead, out.shape[-1]).float(), event_dims=1)
         if self.image_keys:
             x = rearrange(self.space(feat), "n (c h w) -> n c h w", h=self.minres[0], w=self.minres[1])
             x = F.silu(self.space_norm(x))
@@ -78,5 +80,5 @@ class Decoder(nn.Module):
             x = torch.sigmoid(self.out(self._upsample(x)))
             x = rearrange(x, "n c h w -> n h w c")
             for key, img in zip(self.image_keys, x.split(self.image_channels, -1), strict=True):
-                dists[key] = MSE(img.reshape(*lead, *img.shape[1:]), event_dims=3)
+                dists[key] = MSE(img.reshape(*lead, *img.shape[1:]).float(), event_dims=3)
         return dists

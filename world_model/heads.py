@@ -30,7 +30,9 @@ class TwoHotHead(nn.Module):
         )
 
     def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.mlp(feat), self.bins, self.space)
+        # float32 logits: under bf16 autocast TwoHot would cast the bins and targets to the logits' dtype
+        # (1000.5 -> 999.8).
+        return TwoHot(self.mlp(feat).float(), self.bins, self.space)
 
 
 class BernoulliHead(nn.Module):
@@ -41,4 +43,5 @@ class BernoulliHead(nn.Module):
         self.mlp = MLP(feat_size, config.units, config.layers, norm, out_features=1, outscale=config.outscale)
 
     def forward(self, feat: torch.Tensor) -> Bernoulli:
-        return Bernoulli(self.mlp(feat).squeeze(-1))
+        # float32 logits: in bf16 the soft target 1 - 1/333 would round to 0.99609.
+        return Bernoulli(self.mlp(feat).squeeze(-1).float())

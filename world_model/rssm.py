@@ -177,6 +177,7 @@ class RSSM(nn.Module):
     # --- distributions -------------------------------------------------------------------------
     def dist(self, stats: torch.Tensor) -> GroupSum:
         """stats: [..., S, K] logits or [..., S, 2] (mean, raw std) -> distribution over stoch."""
+        stats = stats.float()  # the networks may run in bf16 (autocast); the distributions do not
         if self.latent == "categorical":
             return GroupSum(OneHotCategorical(stats, self.unimix))
         std = F.softplus(stats[..., 1]) + self.min_std
