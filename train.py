@@ -261,7 +261,7 @@ def train(config: Config, factories: Factories | None = None) -> int:
     from run.stop import StopFlag
 
     check_runnable(config)
-    world = init_world(config.run.dist_backend, config.run.device)
+    world = init_world(config.run.dist_backend, config.run.device, config.run.dist_timeout_s)
     lock = RunLock(config.logdir)
     try:
         try:

@@ -364,6 +364,10 @@ class RunConfig:
     compile: bool = False
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
     dist_backend: DistBackend = "auto"
+    # Seconds a rank waits in a collective before the group aborts. Only rank 0 evaluates, so the other
+    # ranks wait in the next all-reduce through a whole evaluation: NCCL's default of 10 minutes would
+    # abort a long one.
+    dist_timeout_s: float = bounded(3600.0, gt=0)
 
 
 # --- logger ---

@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -164,12 +165,13 @@ def check_replicas(ranks: list[dict]) -> None:
         raise RuntimeError(f"data-parallel ranks hold different weights (sha256 per rank: {prints})")
 
 
-def init_world(backend: str = "auto", device: str = "auto") -> World:
+def init_world(backend: str = "auto", device: str = "auto", timeout_s: float = 3600.0) -> World:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
 
     `backend` "auto" takes nccl when the ranks train on CUDA and gloo on the CPU. On CUDA each rank uses
-    the GPU of its local rank. Without WORLD_SIZE (or with 1) this is a single process and returns
-    `World()` without touching torch.distributed.
+    the GPU of its local rank, bound to the group as its `device_id`. `timeout_s` (`run.dist_timeout_s`)
+    is how long a collective may wait for the other ranks. Without WORLD_SIZE (or with 1) this is a
+    single process and returns `World()` without touching torch.distributed.
     """
     if backend not in DIST_BACKENDS:
         raise DistributedError(f"run.dist_backend must be one of {', '.join(DIST_BACKENDS)}; got '{backend}'")
@@ -190,7 +192,8 @@ def init_world(backend: str = "auto", device: str = "auto") -> World:
     # interpreter shutdown, where gloo's threads abort the process at random. Import it first.
     importlib.import_module("torch.distributed.nn")
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        device_id = torch.device("cuda", local_rank) if cuda else None
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=device_id)
     return World(rank, size, local_rank, backend)
 
 

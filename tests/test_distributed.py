@@ -135,6 +135,45 @@ def test_bad_backends_are_clear_errors(monkeypatch):
         init_world("nccl", "cpu")
 
 
+def captured_init(monkeypatch) -> dict:
+    """Join a 2-rank world as rank 0 with `init_process_group` replaced by a recorder of its arguments."""
+    seen: dict = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    return seen
+
+
+def test_the_group_gets_the_configured_timeout_and_on_cuda_the_ranks_device(monkeypatch):
+    from datetime import timedelta
+
+    seen = captured_init(monkeypatch)
+    init_world("auto", "cpu", timeout_s=5400)
+    assert seen == {"backend": "gloo", "timeout": timedelta(seconds=5400), "device_id": None}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.update(set_device=device))
+    init_world("nccl", "cuda", timeout_s=7200)
+    expected = {"backend": "nccl", "timeout": timedelta(seconds=7200), "device_id": torch.device("cuda", 1)}
+    assert seen == {**expected, "set_device": 1}
+
+
+def test_train_passes_run_dist_timeout_s_to_the_group(monkeypatch, tmp_path):
+    from configs.loader import load_config
+
+    class Joined(Exception):
+        pass
+
+    def joined(backend, device, timeout_s):
+        raise Joined(timeout_s)
+
+    monkeypatch.setattr("run.distributed.init_world", joined)
+    config = load_config(["debug"], {"logdir": str(tmp_path), "run": {"dist_timeout_s": 900}})
+    with pytest.raises(Joined, match="900"):
+        train.train(config)
+    assert load_config(["debug"]).run.dist_timeout_s == 3600  # long enough for a rank-0 evaluation
+
+
 def test_a_single_process_never_touches_torch_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_world("auto", "cpu") == World()
