@@ -141,21 +141,7 @@ class Replay(Persistence):
 
     def _store(self, values: dict[str, np.ndarray], rows: np.ndarray | None) -> None:
         """Write one step (key -> [len(rows), ...]) of the streams `rows` (None: all of them)."""
-        if rows is not None:
-            self._store_rows(values, rows)
-            return
-        # All streams (the common case): whole-array updates, no indexing of the per-stream counters.
-        slots = self._count % self.stream_capacity
-        values["is_first"] = values["is_first"] | self._break
-        self._break.fill(False)
-        for key, value in values.items():
-            self._data[key][self._rows, slots] = value
-        self._disk[self._rows, slots] = self._next
-        self._count += 1
-        self._next += 1
-        np.minimum(self._stored + 1, self.stream_capacity, out=self._stored)
-
-    def _store_rows(self, values: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        rows = self._rows if rows is None else rows
         slots = self._count[rows] % self.stream_capacity
         values["is_first"] = values["is_first"] | self._break[rows]
         self._break[rows] = False
