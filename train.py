@@ -53,8 +53,10 @@ class RunIOError(RuntimeError):
 def make_replay(config: Config, env: Any, logdir: Path, rank: int = 0, world_size: int = 1) -> Any:
     """The replay (shard) of one rank: `<logdir>/replay`, or `<logdir>/replay/rank<r>` across ranks."""
     from replay import Replay, step_spec
+    from world_model.rssm import latent_spec
 
-    spec = step_spec(env.obs_space, env.act_space.dim)
+    latent = latent_spec(config.world_model) if config.replay.context else None
+    spec = step_spec(env.obs_space, env.act_space.dim, latent)
     directory = None
     if config.replay.save:
         directory = logdir / "replay" / f"rank{rank}" if world_size > 1 else logdir / "replay"

@@ -38,4 +38,5 @@ def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: Actio
         resolve_device(config.run.device),
         config.run.precision,
         config.run.compile,
+        config.replay.context,
     )

@@ -23,6 +23,7 @@ from agent.optim import Optimizer
 from agent.returns import RetStats
 from configs.schema import PRECISIONS, ActorCriticConfig, OptimConfig, WorldModelConfig
 from envs.spaces import ActionSpace, ArraySpec
+from replay.spec import CONTEXT
 from world_model.heads import make_bins
 from world_model.rssm import RSSMState
 from world_model.world_model import WorldModel
@@ -36,12 +37,28 @@ OPENLOOP_SEQUENCES = 4
 
 
 class LossOutput(NamedTuple):
-    """What `Agent.loss` returns beside the total: the carry (the last posterior [B], detached), the return
-    normalizer's new statistics (kept only if the update is applied) and the metrics (scalar tensors)."""
+    """What `Agent.loss` returns beside the total: the carry (the last posterior [B], detached; None with
+    replay context), the latents to store back in the replay (`Agent.train`), the return normalizer's
+    new statistics (kept only if the update is applied) and the metrics (scalar tensors)."""
 
-    carry: RSSMState
+    carry: RSSMState | None
+    replay: dict[str, Tensor]
     retstats: RetStats
     metrics: dict[str, Tensor]
+
+
+class TrainOutput(NamedTuple):
+    """What `Agent.train` returns.
+
+    carry: the next batch's start state without replay context (the last posterior [B]), else None.
+    replay: with replay context, `stepid` [B, T] and the posterior latent of each trained step
+        (`context/deter` [B, T, D], `context/stoch` [B, T, ...]) for `Replay.update`; else empty.
+    metrics: python floats.
+    """
+
+    carry: RSSMState | None
+    replay: dict[str, Tensor]
+    metrics: dict[str, float]
 
 
 class PolicyState(NamedTuple):
@@ -61,6 +78,9 @@ class Agent:
         device: where the modules live and the updates run.
         precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32).
         compile: torch.compile the MLPs that run on all N(H+1) imagined states (`compile_heads`).
+        context: context steps before each replayed window (`replay.context`): the window starts from
+            the latent stored at its last context step (keys `context/*`), with the action taken there.
+            0: windows start from the carry `train` is given.
     """
 
     def __init__(
@@ -73,11 +93,13 @@ class Agent:
         device: torch.device,
         precision: str = "float32",
         compile: bool = False,
+        context: int = 0,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
         self.precision = precision
+        self.context = context
         self.obs_space, self.act_space = obs_space, act_space
         self.ac_config = ac_config
         discount = 1.0 - 1.0 / ac_config.discount_horizon
@@ -140,12 +162,15 @@ class Agent:
         latent = RSSMState(latent.deter.float(), latent.stoch.float())
         return action.cpu().numpy().astype(np.float32), PolicyState(latent, action)
 
+    def latent_arrays(self, state: PolicyState) -> dict[str, np.ndarray]:
+        """The posterior a policy state holds, as the replay stores it with the step (`context/*`)."""
+        return {CONTEXT + k: v.float().cpu().numpy() for k, v in state.latent._asdict().items()}
+
     # --- learning --------------------------------------------------------------------------------
-    def train(
-        self, batch: dict[str, Any], carry: RSSMState | None = None
-    ) -> tuple[RSSMState, dict[str, float]]:
-        """One update on a batch of [B, T, ...] arrays from the training carry (None: the initial state);
-        returns the next carry and the metrics.
+    def train(self, batch: dict[str, Any], carry: RSSMState | None = None) -> TrainOutput:
+        """One update on a replayed batch of [B, K + T, ...] arrays (K = `context` steps, then the T
+        trained ones), from the stored latent of the context or else from `carry` (None: the initial
+        state). See `TrainOutput`.
 
         A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic and
         the return normalizer stay as they were, and `metrics["nonfinite"]` is 1.0.
@@ -154,16 +179,32 @@ class Agent:
         with self._autocast():
             total, out = self.loss(data, carry)
         step = self.step(self.backward(total), out.retstats)
-        return out.carry, {**to_floats(out.metrics), **step}
+        return TrainOutput(out.carry, out.replay, {**to_floats(out.metrics), **step})
+
+    def window_start(
+        self, data: dict[str, Tensor], carry: RSSMState | None
+    ) -> tuple[dict[str, Tensor], RSSMState | None, Tensor | None]:
+        """Where the posterior scan of a window starts: with `context` K, the latent stored at step K - 1
+        and the action taken there, and the data of the steps after it; else `carry`, no action, `data`."""
+        K = self.context
+        if not K:
+            return data, carry, None
+        missing = [k for k in ("stepid", CONTEXT + "deter", CONTEXT + "stoch") if k not in data]
+        if missing:
+            raise KeyError(f"a batch with {K} context step(s) needs the replay keys {missing}")
+        start = RSSMState(data[CONTEXT + "deter"][:, K - 1], data[CONTEXT + "stoch"][:, K - 1])
+        return {k: v[:, K:] for k, v in data.items()}, start, data["action"][:, K - 1].float()
 
     def loss(self, data: dict[str, Tensor], carry: RSSMState | None) -> tuple[Tensor, LossOutput]:
-        """The update's loss on a batch of [B, T, ...] tensors, in the reference's order (`Agent.loss`):
-        world model, imagination, replay value; every term unreduced, summed once at the end."""
+        """The update's loss on a batch of [B, K + T, ...] tensors, in the reference's order
+        (`Agent.loss`): world model, imagination, replay value; every term unreduced, summed once at the
+        end."""
+        data, start, prev_action = self.window_start(data, carry)
         B, T = data["is_first"].shape
         ac, per_start = self.ac, lambda x: rearrange(x, "(b t) ... -> b t ...", b=B, t=T)
 
-        # 1. World model: rec, rew, con, dyn, rep [B, T] on the replayed batch, from the carry.
-        wm = self.wm.loss(data, carry)
+        # 1. World model: rec, rew, con, dyn, rep [B, T] on the replayed batch, from the window's start.
+        wm = self.wm.loss(data, start, prev_action)
         losses, metrics = dict(wm.losses), dict(wm.metrics)
 
         # 2. Imagination from every posterior state (B*T starts) with the (frozen) world model. The actor's
@@ -198,7 +239,10 @@ class Agent:
         total = sum(self.scales[k] * v.mean() for k, v in losses.items())
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in losses.items()})
         metrics["loss/total"] = total.detach()
-        return total, LossOutput(wm.last, out.retstats, metrics)
+        if not self.context:
+            return total, LossOutput(wm.last, {}, out.retstats, metrics)
+        latents = {CONTEXT + k: v.detach().float() for k, v in wm.states._asdict().items()}
+        return total, LossOutput(None, {"stepid": data["stepid"], **latents}, out.retstats, metrics)
 
     def backward(self, total: Tensor) -> Tensor:
         """Gradients of `total` into `.grad`; returns the loss the optimizer step checks. Under

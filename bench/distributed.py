@@ -61,7 +61,7 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
     for i in range(args.warmup + args.repeats):
         sync(agent.device)
         t0 = time.perf_counter()
-        state, _ = agent.train(batch, state)
+        state, _, _ = agent.train(batch, state)
         sync(agent.device)
         t1 = time.perf_counter()
         if world.distributed:  # one extra gradient all-reduce, timed alone

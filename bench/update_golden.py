@@ -92,7 +92,7 @@ def record(name: str, updates: int) -> list[dict[str, torch.Tensor]]:
     out, state = [], None
     for _ in range(updates):
         grads.clear()
-        state, metrics = agent.train(batch, state)
+        state, _, metrics = agent.train(batch, state)
         values = {f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}
         out.append({**values, **grads})
     return out

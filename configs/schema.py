@@ -89,6 +89,12 @@ class ReplayConfig:
     # Steps per stream written to disk as one chunk file (compressed npz); at most the steps each
     # stream holds (`capacity // num_streams`) when saving. (v2 writes chunks of 1024 steps.)
     chunk_size: int = bounded(1024, ge=1)
+    # Context steps before each window (v2 `replay_context: 1`): a window holds `context + batch_length`
+    # steps, and the model starts its first trained step from the latent stored at the step before
+    # it, with the real action taken there. Every stored step keeps the latent the policy reached there,
+    # refreshed by each update that trains on it. 0: no stored latents; each batch starts from the
+    # last posterior of the batch before (v1, which samples windows independently).
+    context: int = bounded(1, ge=0)
     # Write chunks to `<logdir>/replay` and reload them on resume.
     save: bool = True
     # A step with a non-finite (NaN or inf) observation, reward or action stops the run with an error

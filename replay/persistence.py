@@ -7,6 +7,11 @@ a skipped chunk or a dropped step, or the first after a resume that lost steps) 
 `is_first`, so that no sampled window splices unrelated steps as if contiguous. New chunks are named
 after every existing file, so none is ever overwritten by other steps.
 
+The latent stored with each step (`context/*` keys) changes after its chunk is written, each time an
+update trains on the step: `flush()` also writes every held step's current latent, one file per stream
+in `context/`, and `load_state_dict` puts them back, so a resumed run starts its windows from the
+latents the interrupted run had (a checkpoint writes held steps x latent bytes for this).
+
 Disk use is bounded by capacity: `state_dict()` (taken for a checkpoint, after `flush()`) records each
 stream's next and oldest held index. The loop adds steps again only once that checkpoint is written, so
 the first `add` after it deletes the chunks holding only older steps: a resume from the newest
@@ -22,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from replay import chunks
-from replay.chunks import ChunkFile
+from replay.chunks import ChunkError, ChunkFile
+from util.files import write_atomic
 
 INT64_MAX = 2**63 - 1
 
@@ -53,6 +59,8 @@ class Persistence:
             return
         for stream in range(self.num_streams):
             self._flush_stream(stream)
+            if self._latent:
+                self._save_latents(stream)
 
     def _flush_stream(self, stream: int) -> None:
         if self._count[stream] > self._saved[stream]:
@@ -73,6 +81,36 @@ class Persistence:
         disk = self._disk[stream, np.arange(start, stop) % self.stream_capacity]
         cuts = [start, *(start + 1 + np.flatnonzero(np.diff(disk) != 1)).tolist(), stop]
         return [(a, self._write(stream, a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+    def _latents_path(self, stream: int) -> Path:
+        return self.directory / "context" / f"{stream:04d}.npz"
+
+    def _save_latents(self, stream: int) -> None:
+        """Write the current latent of every step the stream holds, with their indices on disk."""
+        count, stored = int(self._count[stream]), int(self._stored[stream])
+        slots = np.arange(count - stored, count) % self.stream_capacity
+        data = {key: self._data[key][stream, slots] for key in self._latent}
+        path = self._latents_path(stream)
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, lambda f: np.savez(f, disk=self._held_disk(stream), **data))
+
+    def _load_latents(self, stream: int) -> None:
+        """Put back the latents `flush` wrote for the held steps it covers (the chunks' copies stay for
+        the others); an unreadable file is skipped with a warning."""
+        path = self._latents_path(stream)
+        if not path.exists():
+            return
+        try:
+            saved = chunks.read_arrays(path, ["disk", *self._latent])
+        except ChunkError as e:
+            warnings.warn(f"skipping the stored latents {path}: {e}", stacklevel=3)
+            return
+        if "disk" not in saved:
+            warnings.warn(f"skipping the stored latents {path}: it lacks the 'disk' array", stacklevel=3)
+            return
+        slots, found = self._slots_of(stream, saved.pop("disk"))
+        for key, value in saved.items():
+            self._data[key][stream, slots] = value[found]
 
     def _drop_partial(self, stream: int, keep: Path | None) -> None:
         old = self._partial[stream]
@@ -182,6 +220,8 @@ class Persistence:
                 self._cut_files(stream, end)
             self._next[stream] = end  # no file reaches past it any more
             self._break[stream] = self._follows_a_gap(stream)
+            if self._latent and self.directory is not None:
+                self._load_latents(stream)
         if self.directory is not None:
             self._release = self._oldest_disk()
         if self._stored.tolist() != list(state["stored"]):

@@ -2,10 +2,14 @@
 
 Each env stream owns a ring buffer of `capacity // num_streams` steps, preallocated per key at the
 key's own dtype (uint8 images stay one byte per value). The oldest steps of a stream are overwritten
-first (FIFO). A sample is `batch_size` windows of `batch_length` contiguous steps, each inside one
-stream and inside the steps it still holds; windows may cross episode boundaries (the model resets
-where `is_first` is set). A step with a NaN or inf in a float key is never stored: `add` raises
-NonFiniteStepError naming the env, the key and the step, or with `drop_nonfinite` drops that env's step.
+first (FIFO). A sample is `batch_size` windows of contiguous steps, each inside one stream and inside the
+steps it still holds; windows may cross episode boundaries (the model resets where `is_first` is set).
+A window is `batch_length` steps, preceded by `replay.context` steps when the spec holds the model's
+latent (`context/*` keys, see `step_spec`): the latent stored at a step is where the policy's posterior
+was after it, and `update` overwrites it with the posterior of a later training step.
+
+A step with a NaN or inf in a float key is never stored: `add` raises NonFiniteStepError naming the
+env, the key and the step, or with `drop_nonfinite` drops that env's step.
 
 With a directory and `save`, steps are written per stream in chunks of `chunk_size`; `flush()` also
 writes the unsaved tail. The constructor reloads the chunks it finds there; chunks no checkpoint needs
@@ -26,7 +30,7 @@ from replay import chunks
 from replay.chunks import Piece
 from replay.persistence import Persistence
 from replay.sampling import Windows, sample_windows
-from replay.spec import check_array, float_keys, nonfinite_rows, raw_bytes_per_step
+from replay.spec import check_array, context_keys, float_keys, nonfinite_rows, raw_bytes_per_step
 
 
 class NonFiniteStepError(ValueError):
@@ -66,6 +70,10 @@ class Replay(Persistence):
         self.stream_capacity = config.capacity // num_streams
         self._data = _allocate(self.spec, num_streams, self.stream_capacity)
         self._floats = float_keys(self.spec)
+        self._latent = context_keys(self.spec)
+        # Steps per window: the context steps (only with a stored latent) and `batch_length`.
+        self.context = config.context if self._latent else 0
+        self.length = self.context + config.batch_length
         S = num_streams
         self._rows = np.arange(S)
         self._count = np.zeros(S, np.int64)  # steps inserted per stream: index of its next step
@@ -98,8 +106,8 @@ class Replay(Persistence):
 
     @property
     def ready(self) -> bool:
-        """Whether a batch can be drawn: some stream holds at least `batch_length` steps."""
-        return bool((self._stored >= self.config.batch_length).any())
+        """Whether a batch can be drawn: some stream holds a whole window (`length` steps)."""
+        return bool((self._stored >= self.length).any())
 
     def stats(self) -> dict:
         """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and counts of
@@ -119,12 +127,15 @@ class Replay(Persistence):
 
     def add(self, step: Mapping[str, np.ndarray]) -> None:
         """Store one step of every stream: each spec key an array [num_streams, ...]; other keys ignored.
+        A step without the latent (`context/*`: a step of a random policy) stores zeros, the initial state.
 
         A NaN or inf in a float key raises NonFiniteStepError (nothing is stored), or with
         `drop_nonfinite` drops the steps of the streams holding one."""
-        missing = sorted(set(self.spec) - set(step))
+        missing = sorted(set(self.spec) - set(step) - set(self._latent))
         if missing:
             raise KeyError(f"replay step lacks keys {missing} (it has {sorted(step)})")
+        zeros = {key: np.zeros((self.num_streams, *self.spec[key].shape)) for key in self._latent}
+        step = {**zeros, **step}
         values = {k: check_array(k, step[k], s, (self.num_streams,)) for k, s in self.spec.items()}
         # Checked at the stored dtype: a float64 beyond float32's range would be stored as inf.
         for key in self._floats:
@@ -211,10 +222,13 @@ class Replay(Persistence):
     # --- sampling ---
 
     def sample(self) -> dict[str, np.ndarray]:
-        """A batch: key -> [B, T, ...] at the stored dtypes (images uint8)."""
-        B, T = self.config.batch_size, self.config.batch_length
-        out = {key: np.empty((B, T, *s.shape), s.dtype) for key, s in self.spec.items()}
-        self._gather(self._windows(), out)
+        """A batch: key -> [B, L, ...] at the stored dtypes (images uint8), L = `length` (context steps
+        first), and `stepid` [B, L] int64 naming each step for `update`."""
+        B, L = self.config.batch_size, self.length
+        out = {key: np.empty((B, L, *s.shape), s.dtype) for key, s in self.spec.items()}
+        windows = self._windows()
+        self._gather(windows, out)
+        out["stepid"] = self._stepids(windows)
         return out
 
     def sample_torch(self, device: str | torch.device) -> dict[str, torch.Tensor]:
@@ -223,28 +237,63 @@ class Replay(Persistence):
         device = torch.device(device)
         if device.type != "cuda":
             return {key: torch.from_numpy(value) for key, value in self.sample().items()}
-        B, T = self.config.batch_size, self.config.batch_length
+        B, L = self.config.batch_size, self.length
         # Fresh pinned buffers: torch's host allocator reuses one only once its copy has finished.
         pinned = {
-            key: torch.empty((B, T, *s.shape), dtype=_torch_dtype(s.dtype), pin_memory=True)
+            key: torch.empty((B, L, *s.shape), dtype=_torch_dtype(s.dtype), pin_memory=True)
             for key, s in self.spec.items()
         }
-        self._gather(self._windows(), {key: tensor.numpy() for key, tensor in pinned.items()})
+        windows = self._windows()
+        self._gather(windows, {key: tensor.numpy() for key, tensor in pinned.items()})
+        pinned["stepid"] = torch.from_numpy(self._stepids(windows)).pin_memory()
         return {key: tensor.to(device, non_blocking=True) for key, tensor in pinned.items()}
+
+    def update(self, values: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Overwrite the stored latent of sampled steps: `stepid` [B, L'] (from a batch) and `context/*`
+        keys [B, L', ...]. Steps no longer held (overwritten since the sample) are skipped."""
+        values = {key: np.asarray(_numpy(value)) for key, value in values.items()}
+        stepid = values.pop("stepid").reshape(-1)
+        unknown = sorted(set(values) - set(self._latent))
+        if unknown:
+            raise KeyError(f"replay.update takes the stepid and {self._latent}; got {unknown}")
+        values = {key: v.reshape(len(stepid), *self.spec[key].shape) for key, v in values.items()}
+        streams, disk = stepid % self.num_streams, stepid // self.num_streams
+        for stream in np.unique(streams).tolist():
+            rows = np.flatnonzero(streams == stream)
+            slots, found = self._slots_of(stream, disk[rows])
+            for key, value in values.items():
+                self._data[key][stream, slots] = value[rows[found]]
+
+    def _slots_of(self, stream: int, disk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ring slots of the held steps among `disk` (indices on disk of one stream's steps), and
+        which of `disk` are held."""
+        held = self._held_disk(stream)  # increasing
+        pos = np.minimum(np.searchsorted(held, disk), max(len(held) - 1, 0))
+        found = held[pos] == disk if len(held) else np.zeros(len(disk), bool)
+        first = self._count[stream] - self._stored[stream]
+        return (first + pos[found]) % self.stream_capacity, found
 
     def _windows(self) -> Windows:
         if not self.ready:
             raise RuntimeError(
                 f"replay cannot sample yet: streams hold {self._stored.tolist()} steps, a sequence needs "
-                f"replay.batch_length={self.config.batch_length}"
+                f"{self.length} (replay.batch_length={self.config.batch_length} after "
+                f"{self.context} context steps)"
             )
         c = self.config
         recent = c.recent_window // self.num_streams
-        return sample_windows(self._rng, self._stored, c.batch_length, c.batch_size, c.recency, recent)
+        return sample_windows(self._rng, self._stored, self.length, c.batch_size, c.recency, recent)
+
+    def _stepids(self, windows: Windows) -> np.ndarray:
+        """[B, L] int64: disk index * num_streams + stream of each step of the windows (the same for a
+        step reloaded from disk)."""
+        first = self._count[windows.stream] - self._stored[windows.stream] + windows.offset
+        slots = (first[:, None] + np.arange(self.length)) % self.stream_capacity
+        return self._disk[windows.stream[:, None], slots] * self.num_streams + windows.stream[:, None]
 
     def _gather(self, windows: Windows, out: dict[str, np.ndarray]) -> None:
         """Copy each window into `out` [B, T, ...] as one or two slices (two where the ring wraps)."""
-        T, C = self.config.batch_length, self.stream_capacity
+        T, C = self.length, self.stream_capacity
         first = self._count[windows.stream] - self._stored[windows.stream] + windows.offset
         streams, slots = windows.stream.tolist(), (first % C).tolist()
         for b, (stream, slot) in enumerate(zip(streams, slots, strict=True)):
@@ -264,10 +313,11 @@ def check_config(config: ReplayConfig, num_streams: int, saving: bool) -> None:
     if not 0.0 <= config.recency <= 1.0:
         raise ValueError(f"replay.recency must be in [0, 1], got {config.recency}")
     per_stream = config.capacity // num_streams
-    if per_stream < config.batch_length:
+    if per_stream < config.batch_length + config.context:
         raise ValueError(
             f"replay.capacity={config.capacity} gives each of {num_streams} streams {per_stream} steps, "
-            f"fewer than replay.batch_length={config.batch_length}"
+            f"fewer than a window of replay.batch_length={config.batch_length} after "
+            f"replay.context={config.context} steps"
         )
     if saving and config.chunk_size > per_stream:
         raise ValueError(
@@ -291,3 +341,7 @@ def _allocate(spec: Mapping[str, ArraySpec], streams: int, capacity: int) -> dic
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros((), dtype)).dtype
+
+
+def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value

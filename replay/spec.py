@@ -10,21 +10,36 @@ from envs.spaces import ArraySpec
 
 # Flags every step carries; a stored sequence resets the model where `is_first` is set.
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
+# The keys of the model's latent stored with each step (`replay.context`) start with this.
+CONTEXT = "context/"
 
 
-def step_spec(obs_space: Mapping[str, ArraySpec], act_dim: int) -> dict[str, ArraySpec]:
-    """Every key of a stored step: the observations, `reward`, the three flags and `action` [act_dim]."""
+def step_spec(
+    obs_space: Mapping[str, ArraySpec], act_dim: int, latent: Mapping[str, ArraySpec] | None = None
+) -> dict[str, ArraySpec]:
+    """Every key of a stored step: the observations, `reward`, the three flags, `action` [act_dim] and,
+    given the model's `latent` parts (e.g. `deter`, `stoch`), `context/<part>`."""
     if act_dim < 1:
         raise ValueError(f"act_dim must be >= 1, got {act_dim}")
     reserved = {"reward", "action", *FLAG_KEYS} & set(obs_space)
-    if reserved:
-        raise ValueError(f"observation keys {sorted(reserved)} clash with the step keys of the replay")
+    clash = [key for key in obs_space if key.startswith(CONTEXT)]
+    if reserved or clash:
+        raise ValueError(
+            f"observation keys {sorted(reserved) + clash} clash with the step keys of the replay"
+        )
     spec = {key: ArraySpec(tuple(s.shape), np.dtype(s.dtype)) for key, s in obs_space.items()}
     spec["reward"] = ArraySpec((), np.dtype(np.float32))
     for key in FLAG_KEYS:
         spec[key] = ArraySpec((), np.dtype(bool))
     spec["action"] = ArraySpec((act_dim,), np.dtype(np.float32))
+    for part, s in (latent or {}).items():
+        spec[CONTEXT + part] = ArraySpec(tuple(s.shape), np.dtype(s.dtype))
     return spec
+
+
+def context_keys(spec: Mapping[str, ArraySpec]) -> list[str]:
+    """The keys of `spec` holding the stored latent."""
+    return [key for key in spec if key.startswith(CONTEXT)]
 
 
 def check_array(key: str, value: np.ndarray, spec: ArraySpec, lead: tuple[int, ...]) -> np.ndarray:

@@ -15,10 +15,12 @@ Policy = Callable[[dict[str, np.ndarray], Any], tuple[np.ndarray, Any]]
 class Driver:
     """Runs `policy` in a VecEnv, keeping the current observation and policy state between calls.
 
-    Per vector step: the policy picks actions [N, A] from the observation; every `on_step` callback
-    gets the observation dict plus `action` (the action taken at that step, so `action[t-1]` led into
-    step t); every env whose step is `is_last` reports `{"return", "length", "env"}` to the
-    `on_episode` callbacks (length counts transitions, not the first step); then the envs step.
+    Per vector step: the policy picks actions [N, A] from the observation (or returns a dict of them,
+    `action`, and further arrays [N, ...] to store with the step); every `on_step` callback gets the
+    observation dict plus `action` (the action taken at that step, so `action[t-1]` led into step t)
+    and the policy's further arrays; every env whose step is `is_last` reports `{"return", "length",
+    "env"}` to the `on_episode` callbacks (length counts transitions, not the first step); then the
+    envs step.
     """
 
     def __init__(self, env: VecEnv):
@@ -49,11 +51,12 @@ class Driver:
             self.reset()
         shape = (self.env.num_envs, self.env.act_space.dim)
         for _ in range(steps):
-            action, self._state = policy(self._obs, self._state)
-            action = np.asarray(action, np.float32)
+            out, self._state = policy(self._obs, self._state)
+            out = out if isinstance(out, dict) else {"action": out}
+            action = np.asarray(out["action"], np.float32)
             if action.shape != shape:
                 raise ValueError(f"policy returned actions of shape {action.shape}; expected {shape} (N, A)")
-            step = {**self._obs, "action": action}
+            step = {**self._obs, **out, "action": action}
             for fn in self._on_step:
                 fn(step)
             self._count(step)

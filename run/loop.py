@@ -44,7 +44,7 @@ class Parts(NamedTuple):
     """What the loop drives; built by train.py's factories (tests swap any of them)."""
 
     env: Any  # VecEnv: obs_space, act_space, num_envs, reset(), step(action), close()
-    replay: Any  # Replay: add, sample_torch, ready, __len__, stats, flush, state_dict
+    replay: Any  # Replay: add, sample_torch, update, ready, context, __len__, stats, flush, state_dict
     agent: Any  # Agent: policy, train, report, carry_state, load_carry, state_dict, device
     logger: Logger
     checkpointer: Checkpointer
@@ -185,12 +185,17 @@ class Loop:
     # --- the steps of the loop ------------------------------------------------------------------------
 
     def policy(self, mode: str) -> Callable:
-        """The agent's policy in the driver's signature; a None state starts from the initial state."""
+        """The agent's policy in the driver's signature; a None state starts from the initial state.
+        Training steps store the latent the policy reached there, where the replay keeps it."""
+        store_latent = mode == "train" and self.replay.context > 0
 
-        def act(obs: dict[str, np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
+        def act(obs: dict[str, np.ndarray], state: Any) -> tuple[Any, Any]:
             if state is None:
                 state = self.agent.initial_policy_state(len(obs["is_first"]))
-            return self.agent.policy(obs, state, mode=mode)
+            action, state = self.agent.policy(obs, state, mode=mode)
+            if store_latent:
+                return {"action": action, **self.agent.latent_arrays(state)}, state
+            return action, state
 
         return act
 
@@ -199,8 +204,11 @@ class Loop:
         history = []
         for _ in range(count):
             batch = self.replay.sample_torch(self.agent.device)
-            self.train_state, metrics = self.agent.train(batch, self.train_state)
-            metrics = {k: float(v) for k, v in metrics.items()}
+            out = self.agent.train(batch, self.train_state)
+            self.train_state = out.carry
+            if out.replay and not out.metrics.get("nonfinite"):
+                self.replay.update(out.replay)  # refresh the latents of the trained steps
+            metrics = {k: float(v) for k, v in out.metrics.items()}
             self._check_finite(metrics)
             self.logger.scalars(metrics, prefix="train/")
             history.append(metrics)

@@ -11,6 +11,7 @@ from agent.actor_critic import Imagination
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
 from nets.onehot import Features
+from world_model.rssm import RSSMState
 
 B, T = 3, 6
 OBS = {"vector": ArraySpec((4,), np.float32), "image": ArraySpec((16, 16, 3), np.uint8)}
@@ -42,6 +43,11 @@ def batch(act_space=DISCRETE, seed=0, obs_space=OBS):
     data["is_first"][:, 0] = True
     data["is_last"][1, 3] = data["is_terminal"][1, 3] = True
     data["is_first"][1, 4] = True
+    # The replay's stored latents (debug dims: deter 32, 4 x 4 categorical); with `replay.context` 1 the
+    # first step is the context the other T - 1 start from.
+    data["stepid"] = np.arange(B * T).reshape(B, T)
+    data["context/deter"] = rng.uniform(-1, 1, (B, T, 32)).astype(np.float32)
+    data["context/stoch"] = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (B, T, 4))]
     return data
 
 
@@ -72,8 +78,14 @@ def serialized(obj):
 def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     agent = make()
     before = params(agent)
-    state, metrics = agent.train(batch(), None)
-    assert state.deter.shape == (B, 32) and not state.deter.requires_grad
+    data = batch()
+    state, replay, metrics = agent.train(data, None)
+    # With replay context the next batch starts from its own stored latent: no carry; the trained steps'
+    # posteriors go back to the replay, addressed by their stepid.
+    assert state is None and replay.keys() == {"stepid", "context/deter", "context/stoch"}
+    np.testing.assert_array_equal(replay["stepid"].numpy(), data["stepid"][:, 1:])
+    assert replay["context/deter"].shape == (B, T - 1, 32) and not replay["context/deter"].requires_grad
+    assert replay["context/stoch"].shape == (B, T - 1, 4, 4)
     expected = {
         "loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/rew", "loss/con", "loss/dyn",
         "loss/rep", "loss/total",
@@ -88,7 +100,7 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     # the return normalizer (a running statistic) has moved.
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items() if "retnorm" not in k)
-    state, metrics = agent.train(batch(seed=1), state)
+    state, _, metrics = agent.train(batch(seed=1), state)
     after = params(agent)
     changed = [k for k, v in before.items() if not torch.equal(after[k], v)]
     assert any(k.startswith("wm.") for k in changed) and any(k.startswith("ac.actor") for k in changed)
@@ -100,11 +112,11 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
 
 def test_nonfinite_batch_skips_the_update_entirely():
     agent = make()
-    state, _ = agent.train(batch(), None)
+    state, _, _ = agent.train(batch(), None)
     before, optim_before = params(agent), serialized(agent.optim.state_dict())
     bad = batch(seed=1)
     bad["vector"][0, 2, 1] = np.nan
-    _, metrics = agent.train(bad, state)
+    _, _, metrics = agent.train(bad, state)
     assert metrics["nonfinite"] == 1.0 and steps(agent) == 1
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items())
@@ -151,7 +163,7 @@ def test_loss_sums_every_scaled_term_once():
     )
     torch.testing.assert_close(total.detach(), expected)
     assert out.metrics["loss/total"] == total.detach()
-    assert out.carry.deter.shape == (B, 32) and not out.carry.deter.requires_grad
+    assert out.carry is None and out.replay["context/deter"].shape == (B, T - 1, 32)
 
 
 def test_behavior_losses_leave_the_world_model_alone_except_repval():
@@ -203,7 +215,7 @@ def test_v1_dynamics_backprop_reaches_the_actor_through_the_frozen_world_model()
 
 def test_state_dict_round_trip_through_weights_only_load():
     agent = make(overrides={"optim": {"warmup": 0}})
-    state, _ = agent.train(batch(), None)
+    state, _, _ = agent.train(batch(), None)
     agent.train(batch(seed=1), state)
     buf = io.BytesIO()
     torch.save(agent.state_dict(), buf)
@@ -267,7 +279,7 @@ def test_variants_train(presets, act_space):
     agent = make(presets, act_space=act_space)
     state = None
     for seed in range(2):
-        state, metrics = agent.train(batch(act_space, seed), state)
+        state, _, metrics = agent.train(batch(act_space, seed), state)
     assert metrics["nonfinite"] == 0.0 and all(np.isfinite(v) for v in metrics.values())
     if "v1" in presets:
         assert "loss/repval" not in metrics and set(agent.optim.optimizers) == {"model", "actor", "critic"}
@@ -275,7 +287,7 @@ def test_variants_train(presets, act_space):
 
 def test_bfloat16_autocast_trains_and_acts():
     agent = make(overrides={"run": {"precision": "bfloat16"}})
-    state, metrics = agent.train(batch(), None)
+    state, _, metrics = agent.train(batch(), None)
     assert metrics["nonfinite"] == 0.0 and np.isfinite(metrics["loss/total"])
     action, pstate = agent.policy({k: v[:, 0] for k, v in batch().items()}, None, "train")
     assert pstate.latent.deter.dtype == torch.float32 and action.shape == (B, 2)
@@ -316,9 +328,9 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
     assert compiled.state_dict()["actor_critic"].keys() == eager.state_dict()["actor_critic"].keys()
     for step in range(3):
         torch.manual_seed(step)
-        _, expected = eager.train(batch(seed=step))
+        _, _, expected = eager.train(batch(seed=step))
         torch.manual_seed(step)
-        _, got = compiled.train(batch(seed=step))
+        _, _, got = compiled.train(batch(seed=step))
         for key in ("loss/rec", "loss/dyn", "loss/policy", "loss/value", "loss/total"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
     for module in ("wm", "ac"):
@@ -369,3 +381,20 @@ def test_reinforce_imagines_one_hot_features_with_the_dense_losses_and_gradients
     assert one_hot_grads.keys() == again_grads.keys() and len(one_hot_grads) > 0
     for name in one_hot_grads:
         torch.testing.assert_close(one_hot_grads[name], again_grads[name])
+
+
+def test_a_window_starts_from_the_latent_stored_at_its_context_step():
+    """With replay context the first trained step's h_1 = f(h_0, z_0, a_0) comes from the latent the replay
+    stored at the context step and the real action taken there, not from the carry or the zero state."""
+    agent = make()
+    data = agent.to_device(batch())
+    with torch.no_grad():
+        _, out = agent.loss(data, agent.wm.initial(B))  # a carry given with context is not used
+        stored = RSSMState(data["context/deter"][:, 0], data["context/stoch"][:, 0])
+        expected = agent.wm.rssm._dynamics(stored, data["action"][:, 0])
+        from_zero = agent.wm.rssm._dynamics(agent.wm.initial(B), torch.zeros_like(data["action"][:, 0]))
+    assert not data["is_first"][:, 1].any()
+    torch.testing.assert_close(out.replay["context/deter"][:, 0], expected, rtol=0, atol=1e-6)
+    assert (out.replay["context/deter"][:, 0] - from_zero).abs().max() > 0.01
+    with pytest.raises(KeyError, match="context/deter"):
+        agent.loss({k: v for k, v in data.items() if k != "context/deter"}, None)

@@ -582,3 +582,90 @@ def test_chunks_holding_nonfinite_values_are_skipped(tmp_path):
     with pytest.warns(UserWarning, match=r"0000-000000000016-0000016.npz holds non-finite values.*'vector'"):
         reloaded = Replay(SPEC, replay_config(capacity=200, chunk_size=16), 1, tmp_path)
     np.testing.assert_array_equal(reloaded.stream_data(0)["vector"][:, 1], np.arange(16))
+
+
+# --- stored latents (replay.context) ----------------------------------------------------------------
+
+LATENT = {"deter": ArraySpec((5,), np.float32), "stoch": ArraySpec((2, 3), np.float32)}
+CONTEXT_SPEC = step_spec(OBS, 2, LATENT)
+
+
+def with_latent(step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The step with a latent that names it: deter = [stream, step index, 0, 0, 0]."""
+    S = len(step["is_first"])
+    deter = np.zeros((S, 5), np.float32)
+    deter[:, :2] = step["vector"][:, :2]
+    return {**step, "context/deter": deter, "context/stoch": np.ones((S, 2, 3), np.float32)}
+
+
+def test_windows_hold_the_context_steps_before_the_trained_ones_and_name_every_step():
+    replay = Replay(CONTEXT_SPEC, replay_config(context=1), 2, seed=3)
+    streams = Streams(2)
+    for _ in range(8):  # one step short of a window of 1 + 8 steps
+        replay.add(with_latent(streams.step()))
+    assert not replay.ready
+    for _ in range(40):
+        replay.add(with_latent(streams.step()))
+    batch = replay.sample()
+    assert batch["vector"].shape == (6, 9, 3) and batch["stepid"].shape == (6, 9)
+    index = batch["vector"][..., 1]
+    assert (np.diff(index, axis=1) == 1).all()  # contiguous, the context step first
+    # The stepid names the stream and the step: here the disk index is the step index.
+    np.testing.assert_array_equal(batch["stepid"] % 2, batch["vector"][..., 0])
+    np.testing.assert_array_equal(batch["stepid"] // 2, index)
+    np.testing.assert_array_equal(batch["context/deter"][..., :2], batch["vector"][..., :2])
+    # Without a stored latent there is no context: windows are batch_length steps.
+    assert Replay(SPEC, replay_config(context=1), 2).length == 8
+
+
+def test_update_overwrites_the_latent_of_the_steps_still_held():
+    replay = Replay(CONTEXT_SPEC, replay_config(capacity=40, context=1), 2, seed=1)
+    streams = Streams(2)
+    for _ in range(15):
+        replay.add(streams.step())  # a random policy's steps: no latent, the initial (zero) one stored
+    assert not replay.stream_data(0)["context/deter"].any()
+    batch = replay.sample()
+    for _ in range(10):  # stream capacity 20: the oldest 5 steps of each stream are overwritten
+        replay.add(with_latent(streams.step()))
+    trained = batch["stepid"][:, 1:]
+    new = np.full((*trained.shape, 5), 7.0, np.float32)
+    replay.update(
+        {"stepid": trained, "context/deter": new, "context/stoch": np.zeros((*trained.shape, 2, 3))}
+    )
+    for stream in range(2):
+        data = replay.stream_data(stream)
+        held = data["vector"][:, 1].astype(int)
+        mine = trained[trained % 2 == stream] // 2
+        refreshed = np.isin(held, mine)
+        assert refreshed.any() and (data["context/deter"][refreshed] == 7.0).all()
+        assert not data["context/stoch"][refreshed].any()
+        policy = held >= 15  # the steps added after the sample keep the policy's latent
+        np.testing.assert_array_equal(data["context/deter"][policy, 1], held[policy])
+        assert not data["context/deter"][~refreshed & ~policy].any()
+    with pytest.raises(KeyError, match="reward"):
+        replay.update({"stepid": trained, "reward": np.zeros(trained.shape)})
+
+
+def test_a_resume_restores_the_refreshed_latents_and_draws_the_same_batches(tmp_path):
+    """Latents refreshed after their chunk was written come back with the checkpoint's flush."""
+    config = replay_config(capacity=2 * 48, chunk_size=16, context=1)
+    replay = Replay(CONTEXT_SPEC, config, 2, tmp_path, seed=1)
+    streams = Streams(2)
+    for round in range(4):
+        for _ in range(30):
+            replay.add(with_latent(streams.step()))
+        batch = replay.sample()
+        latent = np.full((*batch["stepid"].shape, 5), float(round + 1), np.float32)
+        replay.update({"stepid": batch["stepid"], "context/deter": latent})
+    replay.flush()
+    state = through_checkpoint(replay.state_dict())
+    held = [replay.stream_data(s) for s in range(2)]
+    expected = replay.sample()
+    for _ in range(20):  # steps after the checkpoint, lost with a kill
+        replay.add(with_latent(streams.step()))
+    resumed = Replay(CONTEXT_SPEC, config, 2, tmp_path, seed=7)
+    resumed.load_state_dict(state)
+    for s in range(2):
+        assert (held[s]["context/deter"][:, 2] > 0).any()  # some held steps were refreshed
+        assert_same(resumed.stream_data(s), held[s])
+    assert_same(resumed.sample(), expected)

@@ -19,11 +19,13 @@ import pytest
 import torch
 
 import train
+from agent.agent import TrainOutput
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
 from run.checkpoint import Checkpointer, load
 from run.loop import NonFiniteError
 from run.stop import StopFlag
+from world_model.rssm import RSSMState
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"logger": {"terminal": False, "wandb": {"mode": "disabled"}}}
@@ -109,11 +111,16 @@ class StubAgent:
         self.calls += 1
         loss = ((batch["vector"] @ self.w - batch["reward"]) ** 2).mean()
         if self.nonfinite_from is not None and self.calls >= self.nonfinite_from:
-            return state, {"loss/total": float("nan"), "nonfinite": 1.0}
+            return TrainOutput(state, {}, {"loss/total": float("nan"), "nonfinite": 1.0})
         self.optim.zero_grad()
         loss.backward()
         self.optim.step()
-        return state, {"loss/total": loss.item(), "elbo": -loss.item(), "rate": 0.1, "distortion": 1.0}
+        metrics = {"loss/total": loss.item(), "elbo": -loss.item(), "rate": 0.1, "distortion": 1.0}
+        return TrainOutput(state, {}, metrics)
+
+    @staticmethod
+    def latent_arrays(state):
+        return {}  # the replay stores the initial (zero) latent
 
     def report(self, batch):
         out = {"openloop/vector_mse": np.float32(0.5)}
@@ -209,8 +216,8 @@ def test_a_nonfinite_update_resets_the_count_when_followed_by_finite_ones(tmp_pa
     real_train = agent.train
 
     def train_sometimes_nan(batch, state):
-        state, metrics = real_train(batch, state)
-        return state, {**metrics, "nonfinite": float(next(flags))}
+        out = real_train(batch, state)
+        return out._replace(metrics={**out.metrics, "nonfinite": float(next(flags))})
 
     agent.train = train_sometimes_nan
     loop = train.build(config, stub_factories(agent=agent))
@@ -474,9 +481,12 @@ def on_meta(config, obs_space, act_space):
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
 def test_a_cpu_checkpoint_resumes_with_the_carry_on_the_agents_device(tmp_path):
-    train.build(config_for(tmp_path, steps=96)).run(StopFlag())
+    # Without replay context (v1) the training carry goes from one batch to the next.
+    config = load_config(["debug"], merge(QUIET, {"logdir": str(tmp_path), "replay": {"context": 0}}))
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, steps=96, train_ratio=16))
+    train.build(config).run(StopFlag())
     assert load(tmp_path)["loop"]["train_state"] is not None  # the run trained: there is a carry
-    loop = train.build(config_for(tmp_path, steps=96), train.Factories(make_agent=on_meta))
+    loop = train.build(config, train.Factories(make_agent=on_meta))
     agent, carry = loop.agent, loop.train_state
     assert {x.device.type for x in carry} == {"meta"}
     # The first update's loss runs from the restored carry (through `RSSM._reset`'s torch.where). A full
@@ -594,3 +604,22 @@ def test_replay_capacity_never_exceeds_what_the_run_collects():
     short = load_config(["debug"], {"run": {"steps": 10}, "replay": {"chunk_size": 64, "capacity": 100}})
     assert train.replay_capacity(short, num_envs=1) == 64
     assert train.replay_capacity(short, num_envs=2) == 100
+
+
+def test_each_policy_step_is_stored_with_the_latent_the_policy_reached_there(tmp_path):
+    """replay.context: a random prefill step stores the zero (initial) latent; a policy step its posterior,
+    so that the next step's deterministic state follows from it and the action taken: h_t = f(s_{t-1},
+    a_{t-1})."""
+    config = config_for(tmp_path, steps=60, prefill=20, train_ratio=0, save_every_steps=0)
+    loop = train.build(config)
+    loop.run(StopFlag())
+    data = {k: torch.as_tensor(v) for k, v in loop.parts.replay.stream_data(0).items()}
+    deter, stoch = data["context/deter"], data["context/stoch"]
+    assert not deter[:20].any() and not stoch[:20].any()
+    assert deter[20:].abs().amax() > 0.01 and (stoch[20:].sum(-1) - 1).abs().max() < 1e-6  # one-hot
+    t = torch.arange(21, 60)
+    t = t[~data["is_first"][t]]  # the policy state resets at an episode's first step
+    with torch.no_grad():
+        prev = RSSMState(deter[t - 1], stoch[t - 1])
+        expected = loop.agent.wm.rssm._dynamics(prev, data["action"][t - 1])
+    torch.testing.assert_close(deter[t], expected, rtol=0, atol=1e-6)

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from configs.schema import DYN_INPUTS, GRUS, INITIALS, LATENTS
+from envs.spaces import ArraySpec
 from nets.distributions import DiagNormal, OneHotCategorical
 from nets.layers import MLP, BlockLinear, Linear, Norm, trunc_normal_fan_in_
 from nets.onehot import Features, OneHot, concat, sample_like, stack
@@ -43,6 +45,16 @@ class ObserveOutput(NamedTuple):
     post_stats: torch.Tensor
     prior_stats: torch.Tensor
     last: RSSMState
+
+
+def latent_spec(config) -> dict[str, ArraySpec]:
+    """The parts of a state as stored per step (float32): `deter` [D] and `stoch` [S, K] (categorical)
+    or [S] (gaussian)."""
+    stoch = (config.stoch, config.classes) if config.latent == "categorical" else (config.stoch,)
+    return {
+        "deter": ArraySpec((config.deter,), np.dtype(np.float32)),
+        "stoch": ArraySpec(stoch, np.dtype(np.float32)),
+    }
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -102,10 +102,13 @@ class WorldModel(nn.Module):
         return {k: data[k] for k in self.obs_space if k in data}
 
     @staticmethod
-    def prev_actions(action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
-        """action [B, T, A] taken AT each step -> the action that led INTO each step: action[t - 1],
-        zero at t = 0 and where is_first [B, T]."""
-        prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+    def prev_actions(
+        action: torch.Tensor, is_first: torch.Tensor, first: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """action [B, T, A] taken AT each step -> the action that led INTO each step: action[t - 1], at
+        t = 0 `first` [B, A] (the action before the window; None: zero), zero where is_first [B, T]."""
+        first = torch.zeros_like(action[:, 0]) if first is None else first.to(action.dtype)
+        prev = torch.cat([first[:, None], action[:, :-1]], 1)
         return prev * (~is_first.bool()).unsqueeze(-1).to(prev.dtype)
 
     def _target(self, key: str, x: torch.Tensor) -> torch.Tensor:
@@ -125,15 +128,22 @@ class WorldModel(nn.Module):
         return Likelihood(rec, nll, rew, con)
 
     # --- training --------------------------------------------------------------------------------
-    def loss(self, data: dict[str, torch.Tensor], state: RSSMState | None = None) -> WorldModelOutput:
+    def loss(
+        self,
+        data: dict[str, torch.Tensor],
+        state: RSSMState | None = None,
+        prev_action: torch.Tensor | None = None,
+    ) -> WorldModelOutput:
         """The world-model loss terms on a batch of [B, T, ...] tensors (see the module docstring), from
-        `state` [B] before the first step (None: the initial state)."""
+        `state` [B] before the first step (None: the initial state), reached there by taking
+        `prev_action` [B, A] (None: zero)."""
         is_first = data["is_first"].bool()
         B, T = is_first.shape
         # 1. Encode all B x T steps at once, then the posterior scan.
         embed = self.encoder(self._obs(data))
         state = self.initial(B) if state is None else state
-        out = self.rssm.observe(embed, self.prev_actions(data["action"].float(), is_first), is_first, state)
+        prev = self.prev_actions(data["action"].float(), is_first, prev_action)
+        out = self.rssm.observe(embed, prev, is_first, state)
         feat = self.rssm.feat(out.states)
         # 2. Likelihood terms (all steps at once) and the balanced KL.
         lik = self.likelihood(feat, data)
@@ -154,6 +164,7 @@ class WorldModel(nn.Module):
         metrics["rate"] = rate.mean()
         metrics["distortion"] = sum(lik.nll.values()).mean()
         metrics["kl/max"] = rate.max()
+        metrics["kl/first"] = rate[:, 0].mean()  # the window's first step: how well its start fits
         metrics["prior_ent"] = self.rssm.dist(out.prior_stats).entropy().mean()
         metrics["post_ent"] = self.rssm.dist(out.post_stats).entropy().mean()
         return metrics
