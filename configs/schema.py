@@ -122,6 +122,23 @@ class EncoderConfig:
     image_keys: str = ".*"
 
 
+@dataclass(frozen=True)
+class DecoderConfig(EncoderConfig):
+    """Observation decoder: the encoder's layout mirrored, and how the image path starts and ends."""
+
+    # Blocks of the image decoder's input layer: a block-diagonal layer on the deterministic state plus
+    # Linear -> norm -> SiLU -> Linear (2 x units wide) on the stochastic state, summed, then norm ->
+    # SiLU (v2 `bspace: 8`, danijar/dreamerv3 rssm.py `Decoder`). 0: one dense layer on [h, z] (the
+    # reference's `bspace: 0` branch; the 2023 code, v1). Must divide `deter` and the last stage's
+    # channels.
+    bspace: int = bounded(8, ge=0)
+    # With `bspace` 0: norm -> SiLU after the dense input layer (v2 `spacenorm`); False: the layer stays
+    # linear, as the 2023 code's `in` layer (v1).
+    space_norm: bool = True
+    # Image mean sigmoid(x) (v2); False: x + 0.5, as the 2023 code's default `cnn_sigmoid: False` (v1).
+    sigmoid: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
     """An MLP head on the model features; each head below gives its own `layers` and `outscale`."""
@@ -218,9 +235,10 @@ class WorldModelConfig:
     # Conv channels of the encoder's and decoder's first stage, where they give none of their own
     # (v2 size12m: 16, the reference's `.*\.depth`).
     depth: int = bounded(16, ge=1)
-    # Encoder and decoder: vector MLP of 3 layers, conv stages of kernel 5 with max-pooling (v2).
+    # Encoder and decoder: vector MLP of 3 layers, conv stages of kernel 5 with max-pooling (v2); the
+    # decoder's image path starts with a block layer on h and a two-layer path on z (v2 `bspace: 8`).
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Reward head: 1 hidden layer, zero-initialized output, so predictions start at exactly 0 (v2).
     reward_head: HeadConfig = field(default_factory=lambda: HeadConfig(layers=1, outscale=0.0))
     # Continue head: 1 hidden layer, the default output init (v2).
