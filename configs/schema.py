@@ -259,6 +259,9 @@ class AgentLossScales:
 # Policy gradient for continuous actions: REINFORCE (v2) or backpropagation through the dynamics (v1).
 ActorGrad = Literal["reinforce", "dynamics"]
 GRADS: tuple[str, ...] = get_args(ActorGrad)
+# Continuation of imagined steps: the continue head's probability (v2) or its mode (v1).
+ImagCont = Literal["prob", "mode"]
+IMAG_CONTS: tuple[str, ...] = get_args(ImagCont)
 
 
 @dataclass(frozen=True)
@@ -273,8 +276,15 @@ class ActorCriticConfig:
     return_lambda: float = bounded(0.95, ge=0, le=1)
     # Entropy regularizer (v2: 3e-4).
     entropy: float = bounded(3e-4, ge=0)
-    # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option).
+    # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option): -(R - v) / S
+    # through the imagined dynamics, the baseline v included (the 2023 code's `backprop` loss, -adv).
     grad: ActorGrad = "reinforce"
+    # Continuation of imagined steps: "prob", the continue head's probability at every step (v2,
+    # dreamerv3/agent.py `self.con(inp, 2).prob(1)`), or "mode", its mode (0 or 1) with the start's
+    # replayed 1 - is_terminal (v1: the 2023 code's `WorldModel.imagine`, `first_cont = 1 -
+    # start['is_terminal']`, `cont = self.heads['cont'](traj).mode()`; from danijar/dreamerv3 as of
+    # 2023, which is not in the local reference copy).
+    imag_cont: ImagCont = "prob"
     # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
     unimix: float = bounded(0.01, ge=0, le=1)
     # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
@@ -293,7 +303,8 @@ class ActorCriticConfig:
     retnorm_limit: float = bounded(1.0, ge=0)
     # Hidden units of the actor and critic, where they give none of their own (v2 size12m: 256).
     units: int = bounded(256, ge=1)
-    # Actor: 3 hidden layers, output init scaled by 0.01 (v2).
+    # Actor: 3 hidden layers, output init scaled by 0.01 (v2; the 2023 code's `actor.outscale` is 1.0,
+    # set by the v1 preset).
     actor: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.01))
     # Critic: 3 hidden layers, zero-initialized output (v2).
     critic: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.0))
