@@ -4,12 +4,14 @@ The losses follow the reference's `imag_loss` and `repl_loss` (dreamerv3/agent.p
 imagines the rollouts and calls them:
 
 - On a rollout of N starts over H + 1 steps (index 0 the start): reward r = reward-head mean,
-  continuation c = continue-head probability; weight w_t = prod_{k<=t} (d c_k) / d with d = 1 when the
+  continuation c = continue-head probability (v2) or its mode with c_0 = 1 - is_terminal of the start
+  (v1, `imag_cont`); weight w_t = prod_{k<=t} (d c_k) / d with d = 1 when the
   continue target already holds the discount (`world_model.cont_discount`, v2) and
   d = 1 - 1/discount_horizon otherwise (v1).
 - lambda-returns R bootstrap from the online critic (v2 `slowtar: False`), R_H = v_H.
 - policy: -w (log pi(a) sg(A) + eta H[pi]) with A = (R - v) / max(1, P95 - P5) (REINFORCE, v2), or
-  -w (R / S + eta H[pi]) with gradients through the imagined dynamics (v1 option, continuous actions).
+  -w ((R - v) / S + eta H[pi]) with gradients through the imagined dynamics into R and the baseline v
+  (v1 option, continuous actions).
 - value: w (-log p_v(sg R) - slow_reg log p_v(sg v_slow)), the critic a two-hot over bins.
 - repval: the same critic loss on the replayed posteriors, with lambda-returns along the real sequence
   (real rewards, terminations, episode ends) bootstrapped from each start's imagined return R_0.
@@ -27,9 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from agent.returns import RetNorm, RetStats, lambda_return
-from configs.schema import GRADS, ActorCriticConfig
+from configs.schema import GRADS, IMAG_CONTS, ActorCriticConfig
 from envs.spaces import ActionSpace
-from nets.distributions import LOG_2PI, BoundedNormal, OneHotCategorical, TwoHot
+from nets.distributions import LOG_2PI, Bernoulli, BoundedNormal, OneHotCategorical, TwoHot
 from nets.layers import MLP
 
 
@@ -152,7 +154,21 @@ class Imagination(NamedTuple):
     action: Tensor  # [N, H+1, A] the action the actor took at each state
     policy: Tensor  # [N, H+1, P] the actor's outputs that chose the actions (Actor.dist reads them)
     reward: Tensor  # [N, H+1] reward-head mean (index 0 unused)
-    cont: Tensor  # [N, H+1] continue-head probability
+    cont: Tensor  # [N, H+1] continuation (`imag_cont`), detached
+
+
+def imag_cont(dist: Bernoulli, is_terminal: Tensor, kind: str) -> Tensor:
+    """Continuation [N, H+1] of an imagined rollout, detached, from the continue head over it.
+
+    "prob" (v2): the head's probability at every step. "mode" (v1, the 2023 code): its mode (0 or 1),
+    and at the start the replayed 1 - is_terminal [N], so a start on a terminal step weighs nothing.
+    """
+    if kind not in IMAG_CONTS:
+        raise ValueError(f"actor_critic.imag_cont must be one of {IMAG_CONTS}; got {kind!r}")
+    if kind == "prob":
+        return dist.mean().float().detach()
+    cont = dist.mode().float().detach()
+    return torch.cat([1.0 - is_terminal.float()[:, None], cont[:, 1:]], 1)
 
 
 class ImagLoss(NamedTuple):
@@ -235,8 +251,9 @@ class ActorCritic(nn.Module):
             logpi = policy.log_prob(traj.action.detach())[:, :-1]
             policy_loss = -weight[:, :-1] * (logpi * adv + cfg.entropy * ent)
         else:
-            dyn_ret = self._dynamics_return(traj)
-            policy_loss = -weight[:, :-1] * (dyn_ret / scale + cfg.entropy * ent)
+            dyn_ret, dyn_value = self._dynamics_return(traj)
+            dyn_adv = (dyn_ret - dyn_value[:, :-1]) / scale
+            policy_loss = -weight[:, :-1] * (dyn_adv + cfg.entropy * ent)
         with torch.no_grad():
             slow_mean = self.slow_critic(feat).mean()
         value_loss = weight[:, :-1] * critic_loss(value_dist, ret, slow_mean, cfg.slow_reg)
@@ -244,11 +261,16 @@ class ActorCritic(nn.Module):
         losses = {"policy": policy_loss, "value": value_loss}
         return ImagLoss(losses, ret, retstats, imag_metrics(self.actor, *m))
 
-    def _dynamics_return(self, traj: Imagination) -> Tensor:
-        """lambda-return [N, H] differentiable through rewards and values of the imagined features (v1)."""
+    def _dynamics_return(self, traj: Imagination) -> tuple[Tensor, Tensor]:
+        """(lambda-return [N, H], value [N, H+1]), both differentiable through the imagined features (v1).
+
+        The value is also the baseline: the 2023 code's backprop loss -(R - v) / S lets the gradient
+        through v as well (v_t for t >= 1 depends on the earlier actions; v_0, the start's, does not).
+        """
         with frozen(self.critic):
             value = self.critic(traj.feat).mean()
-        return lambda_return(traj.reward, self.imag_disc * traj.cont, value, self.config.return_lambda)
+        ret = lambda_return(traj.reward, self.imag_disc * traj.cont, value, self.config.return_lambda)
+        return ret, value
 
     def repval_loss(
         self, feat: Tensor, reward: Tensor, is_last: Tensor, is_terminal: Tensor, boot: Tensor

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from agent.actor_critic import Acting, ActorCritic, Imagination, exact_action, frozen
+from agent.actor_critic import Acting, ActorCritic, Imagination, exact_action, frozen, imag_cont
 from agent.optim import Optimizer
 from agent.returns import RetStats
 from configs.schema import PRECISIONS, ActorCriticConfig, OptimConfig, WorldModelConfig
@@ -216,7 +216,8 @@ class Agent:
         with frozen(self.wm):
             feat, action = self.wm.imagine(start, policy, self.ac_config.imag_horizon)
             reward = self.wm.reward(feat).mean().float()
-            cont = self.wm.cont(feat).mean().float().detach()
+            is_terminal = rearrange(data["is_terminal"], "b t -> (b t)")
+            cont = imag_cont(self.wm.cont(feat), is_terminal, self.ac_config.imag_cont)
         imag = Imagination(feat, action, policy.outputs(), reward, cont)  # [N, H+1, ...]
 
         # 3. Policy and value on the imagined rollout [N, H], averaged over the horizon per start; the

@@ -128,6 +128,23 @@ class EncoderConfig:
     image_keys: str = ".*"
 
 
+@dataclass(frozen=True)
+class DecoderConfig(EncoderConfig):
+    """Observation decoder: the encoder's layout mirrored, and how the image path starts and ends."""
+
+    # Blocks of the image decoder's input layer: a block-diagonal layer on the deterministic state plus
+    # Linear -> norm -> SiLU -> Linear (2 x units wide) on the stochastic state, summed, then norm ->
+    # SiLU (v2 `bspace: 8`, danijar/dreamerv3 rssm.py `Decoder`). 0: one dense layer on [h, z] (the
+    # reference's `bspace: 0` branch; the 2023 code, v1). Must divide `deter` and the last stage's
+    # channels.
+    bspace: int = bounded(8, ge=0)
+    # With `bspace` 0: norm -> SiLU after the dense input layer (v2 `spacenorm`); False: the layer stays
+    # linear, as the 2023 code's `in` layer (v1).
+    space_norm: bool = True
+    # Image mean sigmoid(x) (v2); False: x + 0.5, as the 2023 code's default `cnn_sigmoid: False` (v1).
+    sigmoid: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig:
     """An MLP head on the model features; each head below gives its own `layers` and `outscale`."""
@@ -224,9 +241,10 @@ class WorldModelConfig:
     # Conv channels of the encoder's and decoder's first stage, where they give none of their own
     # (v2 size12m: 16, the reference's `.*\.depth`).
     depth: int = bounded(16, ge=1)
-    # Encoder and decoder: vector MLP of 3 layers, conv stages of kernel 5 with max-pooling (v2).
+    # Encoder and decoder: vector MLP of 3 layers, conv stages of kernel 5 with max-pooling (v2); the
+    # decoder's image path starts with a block layer on h and a two-layer path on z (v2 `bspace: 8`).
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Reward head: 1 hidden layer, zero-initialized output, so predictions start at exactly 0 (v2).
     reward_head: HeadConfig = field(default_factory=lambda: HeadConfig(layers=1, outscale=0.0))
     # Continue head: 1 hidden layer, the default output init (v2).
@@ -247,6 +265,9 @@ class AgentLossScales:
 # Policy gradient for continuous actions: REINFORCE (v2) or backpropagation through the dynamics (v1).
 ActorGrad = Literal["reinforce", "dynamics"]
 GRADS: tuple[str, ...] = get_args(ActorGrad)
+# Continuation of imagined steps: the continue head's probability (v2) or its mode (v1).
+ImagCont = Literal["prob", "mode"]
+IMAG_CONTS: tuple[str, ...] = get_args(ImagCont)
 
 
 @dataclass(frozen=True)
@@ -261,8 +282,15 @@ class ActorCriticConfig:
     return_lambda: float = bounded(0.95, ge=0, le=1)
     # Entropy regularizer (v2: 3e-4).
     entropy: float = bounded(3e-4, ge=0)
-    # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option).
+    # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option): -(R - v) / S
+    # through the imagined dynamics, the baseline v included (the 2023 code's `backprop` loss, -adv).
     grad: ActorGrad = "reinforce"
+    # Continuation of imagined steps: "prob", the continue head's probability at every step (v2,
+    # dreamerv3/agent.py `self.con(inp, 2).prob(1)`), or "mode", its mode (0 or 1) with the start's
+    # replayed 1 - is_terminal (v1: the 2023 code's `WorldModel.imagine`, `first_cont = 1 -
+    # start['is_terminal']`, `cont = self.heads['cont'](traj).mode()`; from danijar/dreamerv3 as of
+    # 2023, which is not in the local reference copy).
+    imag_cont: ImagCont = "prob"
     # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
     unimix: float = bounded(0.01, ge=0, le=1)
     # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
@@ -281,7 +309,8 @@ class ActorCriticConfig:
     retnorm_limit: float = bounded(1.0, ge=0)
     # Hidden units of the actor and critic, where they give none of their own (v2 size12m: 256).
     units: int = bounded(256, ge=1)
-    # Actor: 3 hidden layers, output init scaled by 0.01 (v2).
+    # Actor: 3 hidden layers, output init scaled by 0.01 (v2; the 2023 code's `actor.outscale` is 1.0,
+    # set by the v1 preset).
     actor: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.01))
     # Critic: 3 hidden layers, zero-initialized output (v2).
     critic: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3, outscale=0.0))

@@ -127,6 +127,8 @@ class BlockLinear(nn.Module):
     """Block-diagonal linear map: `blocks` independent Linear(in/blocks -> out/blocks) on feature groups.
 
     x: [..., in_features] -> [..., out_features]; group g of the output sees only group g of the input.
+    The init's fan-in is the whole `in_features`, not a block's share: the reference's `compute_fans`
+    multiplies the kernel [blocks, in/blocks, out/blocks] out to blocks x in/blocks.
     """
 
     def __init__(self, in_features: int, out_features: int, blocks: int, outscale: float = 1.0):
@@ -139,7 +141,7 @@ class BlockLinear(nn.Module):
         self.in_features, self.out_features, self.blocks = in_features, out_features, blocks
         self.weight = nn.Parameter(torch.empty(blocks, in_features // blocks, out_features // blocks))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        trunc_normal_fan_in_(self.weight, in_features // blocks, outscale)
+        trunc_normal_fan_in_(self.weight, in_features, outscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

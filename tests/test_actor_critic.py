@@ -7,11 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from agent.actor_critic import Acting, Actor, ActorCritic, Imagination, MultiOneHot, exact_action, frozen
-from agent.returns import lambda_return
+from agent.actor_critic import (
+    Acting,
+    Actor,
+    ActorCritic,
+    Imagination,
+    MultiOneHot,
+    exact_action,
+    frozen,
+    imag_cont,
+)
+from agent.returns import RetStats, lambda_return
 from configs.loader import load_config
 from envs.spaces import ActionSpace
-from nets.distributions import DiagNormal, symexp_bins
+from nets.distributions import Bernoulli, DiagNormal, symexp_bins
 
 
 class Mean:
@@ -73,7 +82,8 @@ def imagine(ac, wm, starts):
     with frozen(wm):
         feat, action = wm.imagine(starts, policy, ac.config.imag_horizon)
         reward = wm.reward(feat).mean().float()
-        cont = wm.cont(feat).mean().float().detach()
+        is_terminal = torch.zeros(feat.shape[0], dtype=torch.bool)
+        cont = imag_cont(wm.cont(feat), is_terminal, ac.config.imag_cont)
     return Imagination(feat, action, policy.outputs(), reward, cont)
 
 
@@ -179,6 +189,71 @@ def test_dynamics_gradient_reaches_actor_through_the_model_only():
     assert all(g is None for g in grads_of(ac.critic) + grads_of(ac.slow_critic) + grads_of(wm))
     # Discrete actions always use REINFORCE.
     assert make_ac("discrete", {"grad": "dynamics"}).grad == "reinforce"
+
+
+def test_dynamics_policy_loss_keeps_the_baselines_gradient():
+    """v1 backprop loss -w ((R - v) / S) as the 2023 code: the gradient into the imagined features
+    flows through the lambda-return R and through the baseline v (checked against the hand-written
+    loss; without the baseline the loss and its gradient differ)."""
+    ac = make_ac("continuous", {"grad": "dynamics", "entropy": 0.0})
+    torch.nn.init.normal_(ac.critic.net.net[-1].weight, std=0.5)  # a critic whose value varies
+    N, H = 4, ac.config.imag_horizon
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(N, H + 1, 3, generator=g, requires_grad=True)
+    reward = 2.0 * feat[..., 2]
+    cont = torch.rand(N, H + 1, generator=g)
+    traj = Imagination(feat, torch.zeros(N, H + 1, 1), ac.actor.net(feat.detach()), reward, cont)
+    out = ac.imag_loss(traj, lambda ret: RetStats(torch.tensor(0.0), torch.tensor(4.0)))  # S = 4
+    (got,) = torch.autograd.grad(out.losses["policy"].sum(), feat, retain_graph=True)
+
+    value = ac.critic(feat).mean()
+    ret = lambda_return(reward, cont, value, ac.config.return_lambda)
+    weight = torch.cumprod(cont, 1)[:, :-1]
+    expected_loss = -weight * (ret - value[:, :-1]) / 4.0
+    (expected,) = torch.autograd.grad(expected_loss.sum(), feat, retain_graph=True)
+    torch.testing.assert_close(out.losses["policy"], expected_loss.detach())
+    torch.testing.assert_close(got, expected)
+    (without,) = torch.autograd.grad((-weight * ret / 4.0).sum(), feat)
+    assert (without - expected).abs().max() > 1e-2
+    assert all(p.grad is None for p in ac.critic.parameters())
+
+
+def test_imag_cont_probability_or_mode_with_the_real_first_step():
+    """v2: the continue probability; v1 (2023 code): its mode, and 1 - is_terminal at the start."""
+    logits = torch.tensor([[-1.0, 2.0, -3.0, 0.5], [3.0, -0.1, 0.2, 4.0]])
+    is_terminal = torch.tensor([True, False])
+    torch.testing.assert_close(imag_cont(Bernoulli(logits), is_terminal, "prob"), torch.sigmoid(logits))
+    expected = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0]])
+    assert torch.equal(imag_cont(Bernoulli(logits), is_terminal, "mode"), expected)
+    with pytest.raises(ValueError, match="imag_cont must be one of"):
+        imag_cont(Bernoulli(logits), is_terminal, "sample")
+
+
+def test_v1_terminal_start_weighs_nothing():
+    """With c_0 = 0 (a start on a terminal step) every weight of that rollout is 0 (the 2023 code's
+    weight = cumprod(gamma c) / gamma), so it adds no policy or value loss."""
+    ac = make_ac(overrides={"imag_cont": "mode"}, cont_discount=False)
+    gamma = 1 - 1 / ac.config.discount_horizon
+    N, H = 2, ac.config.imag_horizon
+    feat = torch.randn(N, H + 1, 3)
+    cont = torch.ones(N, H + 1)
+    cont[0, 0] = 0.0
+    traj = Imagination(feat, torch.zeros(N, H + 1, 2), ac.actor.net(feat), torch.ones(N, H + 1), cont)
+    out = imag_loss(ac, traj)
+    for loss in out.losses.values():
+        assert torch.all(loss[0] == 0) and torch.all(loss[1] != 0)
+    weight = torch.tensor([gamma**t for t in range(H + 1)])
+    np.testing.assert_allclose(out.metrics["imag_weight"].item(), weight.mean().item() / 2, rtol=1e-6)
+
+
+def test_v1_actor_output_init_scale_is_one():
+    """The 2023 code's `actor.outscale` is 1.0 (v2: 0.01): output weights of std 1 / sqrt(units)."""
+    for presets, outscale in ((["size12m"], 0.01), (["v1", "size12m"], 1.0)):
+        cfg = load_config(presets).actor_critic
+        assert cfg.actor.outscale == outscale
+        torch.manual_seed(0)
+        out = Actor(512, ActionSpace("continuous", 6), cfg, "rms").net.net[-1].weight
+        assert out.std().item() == pytest.approx(outscale / math.sqrt(256), rel=0.05)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import agent.agent as agent_module
 from agent import make_agent, resolve_device
-from agent.actor_critic import Imagination
+from agent.actor_critic import Imagination, imag_cont
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
 from nets.onehot import Features
@@ -211,6 +212,29 @@ def test_v1_dynamics_backprop_reaches_the_actor_through_the_frozen_world_model()
     )
     # The only path from the actor's output to this loss is through the imagined dynamics.
     assert agent.ac.actor.net.net[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("presets, kind", [(("debug",), "prob"), (("debug", "v1"), "mode")])
+def test_imagined_continuation_per_variant(monkeypatch, presets, kind):
+    """v2: the continue head's probability; v1 (2023 code): its mode, with 1 - is_terminal of each
+    replayed start (B*T starts in (b t) order) at the first imagined step."""
+    seen = []
+
+    def spy(dist, is_terminal, cont_kind):
+        seen.append((imag_cont(dist, is_terminal, cont_kind), cont_kind, dist.mean().detach()))
+        return seen[-1][0]
+
+    monkeypatch.setattr(agent_module, "imag_cont", spy)
+    agent, data = make(presets, act_space=CONTINUOUS), batch(CONTINUOUS)
+    agent.loss(agent.to_device(data), None)
+    ((cont, cont_kind, prob),) = seen
+    assert cont_kind == kind and cont.shape == (B * T, agent.ac_config.imag_horizon + 1)
+    if kind == "prob":
+        torch.testing.assert_close(cont, prob)
+        return
+    assert torch.equal(cont[:, 1:], (prob[:, 1:] > 0.5).float())
+    first = 1.0 - torch.as_tensor(data["is_terminal"]).flatten().float()
+    assert first[1 * T + 3] == 0 and torch.equal(cont[:, 0], first)
 
 
 def test_state_dict_round_trip_through_weights_only_load():

@@ -9,6 +9,7 @@ from nets import onehot
 from nets.distributions import OneHotCategorical
 from nets.functional import symexp, symlog
 from nets.layers import MLP, BlockLinear, Conv2d, ConvTranspose2d, Linear, Norm
+from world_model.rssm import BlockGRUCore
 
 
 def test_symlog_golden_and_round_trip():
@@ -104,6 +105,44 @@ def test_block_linear_is_block_diagonal():
     assert torch.all(diff[:3] > 0) and torch.all(diff[3:] == 0)
     with pytest.raises(ValueError, match="divisible by blocks 3"):
         BlockLinear(8, 12, blocks=3)
+
+
+def init_std(fan_in: int, outscale: float = 1.0) -> float:
+    """By hand, the std of `trunc_normal_fan_in_`'s weights: it draws N(0, s^2) truncated to +-2 s with
+    s = outscale / sqrt(fan_in) / 0.87962566, and a normal truncated to +-a std keeps the fraction
+    sqrt(1 - 2 a phi(a) / (2 Phi(a) - 1)) of its std."""
+    a = 2.0
+    phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    big_phi = 0.5 * (1 + math.erf(a / math.sqrt(2)))
+    kept = math.sqrt(1 - 2 * a * phi / (2 * big_phi - 1))
+    return outscale / math.sqrt(fan_in) / 0.87962566 * kept
+
+
+@pytest.mark.parametrize(
+    "fan_in, out, blocks, outscale", [(2048, 3 * 2048, 8, 1.0), (2048, 1024, 8, 1.0), (64, 32, 4, 0.5)]
+)
+def test_block_linear_init_fan_in_is_the_whole_input(fan_in, out, blocks, outscale):
+    """The reference's `compute_fans` takes the kernel [blocks, in/blocks, out/blocks] as fan-in
+    blocks x in/blocks: the whole input. (Size12m gates: std 0.0221, not a block's 0.0625.)"""
+    w = BlockLinear(fan_in, out, blocks, outscale).weight.detach().double()
+    expected = init_std(fan_in, outscale)
+    # Against the reference's own formula: truncated_normal(-2, 2) * 1.1368 / sqrt(fan_in).
+    assert expected == pytest.approx(0.87962566 * 1.1368 * outscale / math.sqrt(fan_in), rel=1e-4)
+    assert w.std().item() == pytest.approx(expected, rel=0.03 if w.numel() < 10**4 else 0.01)
+    assert w.abs().max().item() <= 2 * expected / 0.87962566 * (1 + 1e-6)
+
+
+def test_block_gru_init_matches_the_reference_fan_in_at_size12m():
+    """Size12m (deter 2048, 3 x 256 inputs, 8 blocks): the reference's hidden block layer sees each
+    block's [h_g, x], 8 x (256 + 768) = 8192 inputs in all (std 0.0110, a block's 1024 would give
+    0.0313); its gates see the 2048 hidden units (std 0.0221)."""
+    core = BlockGRUCore(2048, 768, 8, "rms")
+    hidden = torch.cat([core.hid_x.weight.detach().flatten(), core.hid_h.weight.detach().flatten()])
+    assert hidden.std().item() == pytest.approx(init_std(8 * (256 + 768)), rel=0.01)
+    assert core.hid_x.weight.std().item() == pytest.approx(init_std(8192), rel=0.01)
+    assert core.hid_h.weight.std().item() == pytest.approx(init_std(8192), rel=0.01)
+    assert core.gates.weight.std().item() == pytest.approx(init_std(2048), rel=0.01)
+    assert init_std(8192) == pytest.approx(0.01105, abs=1e-5)
 
 
 def test_conv_same_padding_and_init():

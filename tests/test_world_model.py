@@ -11,6 +11,7 @@ from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
 from nets.distributions import TwoHot
 from nets.onehot import Features, OneHot
+from world_model.decoder import BlockSpace, Decoder
 from world_model.rssm import RSSMState
 from world_model.world_model import WorldModel
 
@@ -294,6 +295,92 @@ def test_open_loop_shapes_and_context_is_posterior():
 def test_bad_config_errors_name_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         make("both", **overrides)
+
+
+IMAGE64 = {"image": ArraySpec((64, 64, 3), np.uint8)}
+
+
+def size12m_decoder(*presets):
+    """The image decoder at size12m dims (deter 2048, 32 x 16 latents, units 256, 64 channels at 4x4)."""
+    cfg = load_config([*presets, "size12m"]).world_model
+    return Decoder(cfg.decoder, IMAGE64, cfg.deter + cfg.stoch * cfg.classes, cfg.deter, cfg.norm)
+
+
+def test_decoder_image_input_layer_parameters_at_size12m():
+    """v2 (`bspace: 8`): 8 blocks of 256 -> 128 on h, 512 -> 512 -> 1024 on z, norms: ~1.05M weights,
+    against 2.6M for one dense layer on [h, z] (the v1 layout, here at size12m's v2 channels)."""
+    h, z, units, space = 2048, 32 * 16, 256, 4 * 4 * 64
+    block = 8 * (h // 8) * (space // 8) + space
+    stoch_path = (z * 2 * units + 2 * units) + 2 * units + (2 * units * space + space)
+    expected = block + stoch_path + 64  # + the RMSNorm scale over the 64 channels
+    assert expected == 1_051_712
+    decoder = size12m_decoder()
+    assert isinstance(decoder.space, BlockSpace)
+    assert sum(p.numel() for p in decoder.space.parameters()) == expected
+    dense = load_config(["size12m"], {"world_model": {"decoder": {"bspace": 0}}}).world_model
+    dense = Decoder(dense.decoder, IMAGE64, h + z, h, dense.norm)
+    assert sum(p.numel() for p in dense.space.parameters()) == (h + z) * space + space + 64 == 2_622_528
+
+
+def test_block_space_matches_a_float64_reference_and_trains_from_h_and_z():
+    """Block g of the h path fills channel group g at every position (reference `(g h w c) -> h w (g c)`),
+    the z path is Linear -> RMSNorm -> SiLU -> Linear; their sum goes through RMSNorm -> SiLU."""
+    torch.manual_seed(0)
+    D, Z, C, H, W, G = 8, 6, 4, 2, 3, 2
+    space = BlockSpace(D, Z, (C, H, W), G, units=5, norm="rms").double()
+    feat = torch.randn(7, D + Z, dtype=torch.float64, requires_grad=True)
+    rms = lambda x: x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-4)
+    x1 = space.from_stoch.net[0](feat[:, D:])
+    x1 = space.from_stoch.net[3](F.silu(rms(x1) * space.from_stoch.net[1].weight))
+    expected = x1.reshape(7, H, W, C).clone()  # [N, h, w, c]
+    block = space.from_deter
+    for g in range(G):
+        out = feat[:, g * D // G : (g + 1) * D // G] @ block.weight[g]  # [N, h * w * C/G]
+        out = out + block.bias[g * H * W * C // G : (g + 1) * H * W * C // G]
+        expected[..., g * C // G : (g + 1) * C // G] += out.reshape(7, H, W, C // G)
+    expected = F.silu(rms(expected) * space.norm.weight).permute(0, 3, 1, 2)
+    got = space(feat)
+    assert got.shape == (7, C, H, W)
+    torch.testing.assert_close(got, expected)
+    got.square().sum().backward()
+    assert feat.grad[:, :D].abs().sum() > 0 and feat.grad[:, D:].abs().sum() > 0
+    for name, p in space.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_decoder_gradients_reach_h_and_z_at_size12m():
+    decoder = size12m_decoder()
+    feat = torch.randn(2, 3, 2048 + 512, requires_grad=True)
+    dist = decoder(feat)["image"]
+    assert dist.mode().shape == (2, 3, 64, 64, 3)
+    dist.mode().sum().backward()
+    assert feat.grad[..., :2048].abs().sum() > 0 and feat.grad[..., 2048:].abs().sum() > 0
+
+
+def test_v1_decoder_starts_linear_and_ends_without_sigmoid():
+    """The 2023 code: `in` = Linear on [h, z] with no norm or activation; image mean x + 0.5."""
+    torch.manual_seed(0)
+    v1, v2 = size12m_decoder("v1"), size12m_decoder()
+    feat = torch.randn(4, 2048 + 512)
+    assert v1.space.norm is None
+    expected = v1.space.linear(feat).reshape(4, 128, 4, 4)
+    torch.testing.assert_close(v1.space(feat), expected)
+    for decoder in (v1, v2):
+        torch.nn.init.zeros_(decoder.out.weight)
+        torch.nn.init.constant_(decoder.out.bias, 2.0)
+    assert torch.all(v1(feat)["image"].mode() == 2.5)
+    torch.testing.assert_close(
+        v2(feat)["image"].mode(), torch.full((4, 64, 64, 3), torch.sigmoid(torch.tensor(2.0)).item())
+    )
+
+
+def test_decoder_bspace_must_divide_deter_and_channels():
+    cfg = load_config(["debug"], {"world_model": {"decoder": {"bspace": 8}}}).world_model
+    with pytest.raises(
+        ValueError,
+        match=r"bspace \(8\) must divide world_model.deter \(32\) and the decoder's last conv channels",
+    ):
+        WorldModel(cfg, SPACES["image"], ACT, 0.99)
 
 
 def test_v1_strided_convs_match_the_2023_layout():

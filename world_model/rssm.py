@@ -93,7 +93,11 @@ class BlockGRUCore(nn.Module):
 
     The reference concatenates each deter block with a copy of the shared input embedding x and applies
     a block-diagonal layer. That equals a dense layer on x plus a block-diagonal layer on h, which is
-    what we compute (no per-block copies of x); both parts are initialized with the reference's fan-in.
+    what we compute (no per-block copies of x). Both parts are initialized with the reference's fan-in,
+    that of its block layer: the whole concatenated input, blocks x (deter / blocks + inp) = deter +
+    blocks x inp (8192 at size12m, std 0.011); the gates' fan-in is `deter` (std 0.022 at size12m).
+
+    deter: [N, D], x: [N, inp] -> next deter [N, D].
     """
 
     def __init__(self, deter: int, inp: int, blocks: int, norm: str):
@@ -102,7 +106,7 @@ class BlockGRUCore(nn.Module):
             raise ValueError(
                 f"world_model.deter ({deter}) must be divisible by world_model.blocks ({blocks})"
             )
-        fan_in = deter // blocks + inp
+        fan_in = deter + blocks * inp
         self.blocks = blocks
         self.hid_x = Linear(inp, deter, bias=False)
         self.hid_h = BlockLinear(deter, deter, blocks)

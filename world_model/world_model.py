@@ -78,7 +78,7 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(config.encoder, obs_space, config.norm)
         self.rssm = RSSM(config, self.encoder.out_features, act_space.dim)
         self.feat_size = config.deter + self.rssm.stoch_flat
-        self.decoder = Decoder(config.decoder, obs_space, self.feat_size, config.norm)
+        self.decoder = Decoder(config.decoder, obs_space, self.feat_size, config.deter, config.norm)
         self.reward = TwoHotHead(
             self.feat_size, config.reward_head, config.bins, config.reward_bins, config.norm
         )
