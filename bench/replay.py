@@ -1,5 +1,6 @@
-"""Replay speed and memory: add throughput, B x T sample time (numpy and torch), bytes per stored step,
-chunk saving cost and peak resident memory.
+"""Replay speed and memory: add throughput, B x T sample time (numpy and torch), the write-back of the
+trained steps' latents (`replay.context`), bytes per stored step, chunk saving cost and peak resident
+memory. Cases with a latent store the model's state with each step at a size preset's dims.
 
     python bench/replay.py [--steps 50000] [--streams 4] [--repeats 50]
 """
@@ -23,10 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ArraySpec  # noqa: E402
 from replay import Replay, step_spec  # noqa: E402
+from world_model.rssm import latent_spec  # noqa: E402
 
+VECTOR = {"vector": ArraySpec((4,), np.float32)}
+IMAGE = {"image": ArraySpec((64, 64, 3), np.uint8)}
+# name -> (observations, the size preset whose latent is stored with each step, or None)
 CASES = {
-    "vector 4": {"vector": ArraySpec((4,), np.float32)},
-    "image 64x64x3": {"image": ArraySpec((64, 64, 3), np.uint8)},
+    "vector 4": (VECTOR, None),
+    "vector 4 + latent small": (VECTOR, "small"),
+    "vector 4 + latent size12m": (VECTOR, "size12m"),
+    "image 64x64x3": (IMAGE, None),
+    "image 64x64x3 + latent size12m": (IMAGE, "size12m"),
 }
 ACT_DIM = 6
 
@@ -67,8 +75,18 @@ def fill(replay: Replay, spec: dict, steps: int, streams: int) -> float:
     return (steps // streams) * streams / (time.perf_counter() - start)
 
 
-def bench_case(name: str, obs: dict, args) -> dict:
-    spec = step_spec(obs, ACT_DIM)
+def write_back(replay: Replay) -> callable:
+    """A call writing latents over the trained steps of one sampled batch, as the loop does."""
+    batch = replay.sample()
+    trained = {
+        k: v[:, replay.context :] for k, v in batch.items() if k == "stepid" or k.startswith("context/")
+    }
+    return lambda: replay.update(trained)
+
+
+def bench_case(name: str, obs: dict, preset: str | None, args) -> dict:
+    latent = latent_spec(load_config([preset]).world_model) if preset else None
+    spec = step_spec(obs, ACT_DIM, latent)
     config = dataclasses.replace(
         load_config([]).replay, capacity=args.steps, batch_size=16, batch_length=64, save=False
     )
@@ -76,6 +94,7 @@ def bench_case(name: str, obs: dict, args) -> dict:
     add_rate = fill(replay, spec, args.steps, args.streams)
     sample_ms = timed(replay.sample, args.repeats)
     torch_ms = timed(lambda: replay.sample_torch("cpu"), args.repeats)
+    update_ms = timed(write_back(replay), args.repeats) if latent else float("nan")
     stats = replay.stats()
     with tempfile.TemporaryDirectory() as directory:
         saving = Replay(spec, dataclasses.replace(config, capacity=8192, save=True), 1, directory)
@@ -87,6 +106,7 @@ def bench_case(name: str, obs: dict, args) -> dict:
         "add+save steps/s": f"{save_rate:,.0f}",
         "sample ms": f"{sample_ms:.2f}",
         "sample_torch ms": f"{torch_ms:.2f}",
+        "update ms": f"{update_ms:.2f}",
         "bytes/step": f"{stats['bytes_per_step']:.0f}",
         "raw bytes/step": f"{stats['raw_bytes_per_step']}",
         "chunk MB": f"{chunk_bytes / 2**20:.2f}",
@@ -108,7 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed sample calls per case")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [bench_case(name, obs, args) for name, obs in CASES.items()]
+    rows = [bench_case(name, obs, preset, args) for name, (obs, preset) in CASES.items()]
     print(f"replay: {args.steps} steps over {args.streams} streams, batches 16 x 64, chunks of 1024 steps")
     print_table(rows)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
