@@ -257,7 +257,9 @@ class ActorCriticConfig:
     entropy: float = bounded(3e-4, ge=0)
     # Policy gradient for continuous actions: "reinforce" (v2) or "dynamics" (v1 option).
     grad: ActorGrad = "reinforce"
-    # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
+    # Uniform mixture on the discrete policy's probabilities: 0.01 as in the April 2024 code behind the
+    # published curves (v2). The reference's HEAD lists `policy.unimix: 0.01` in configs.yaml, but its
+    # discrete policy head (`policy_dist_disc: categorical`, embodied/jax/heads.py) applies no unimix: 0.
     unimix: float = bounded(0.01, ge=0, le=1)
     # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
     repval_grad: bool = True
@@ -318,6 +320,10 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
 # Autocast precision of the model forward passes.
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# Evaluation actions: samples of the policy (as the reference, whose `policy` samples in every mode) or
+# the distribution's mode.
+EvalPolicy = Literal["sample", "mode"]
+EVAL_POLICIES: tuple[str, ...] = get_args(EvalPolicy)
 # torch.distributed backend: "auto" picks nccl on CUDA, gloo on the CPU.
 DistBackend = Literal["auto", "nccl", "gloo"]
 DIST_BACKENDS: tuple[str, ...] = get_args(DistBackend)
@@ -344,6 +350,10 @@ class RunConfig:
     # Policy steps between evaluations (0: never) and episodes per evaluation.
     eval_every: int = bounded(10_000, ge=0)
     eval_episodes: int = bounded(10, ge=1)
+    # Evaluation actions: "sample" from the policy, as the reference's evaluation (dreamerv3/agent.py
+    # `policy` samples in every mode), so scores compare with the published ones; "mode" takes the
+    # distribution's mode (a greedy policy, not the reference's).
+    eval_policy: EvalPolicy = "sample"
     # Policy steps between video reports (open-loop prediction, policy episode); 0: never.
     video_every: int = bounded(0, ge=0)
     # Initialize weights from this checkpoint file ("" for none).
