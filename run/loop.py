@@ -148,7 +148,7 @@ class Loop:
     def run(self, stop: StopFlag) -> Counters:
         """Collect, train, log, evaluate and checkpoint until `run.steps` or a stop request."""
         explore = random_policy(self.env.act_space, self.env.num_envs, self.rng)
-        policy = self.policy("train")
+        policy = self.policy(sample=True)
         while self.counters.step < self.config.steps and not stop.requested:
             prefilling = self.counters.step < self.config.prefill
             self.driver(explore if prefilling else policy, steps=1)
@@ -184,13 +184,14 @@ class Loop:
 
     # --- the steps of the loop ------------------------------------------------------------------------
 
-    def policy(self, mode: str) -> Callable:
-        """The agent's policy in the driver's signature; a None state starts from the initial state."""
+    def policy(self, sample: bool) -> Callable:
+        """The agent's policy in the driver's signature, sampling actions or taking the distribution's
+        mode; a None state starts from the initial state."""
 
         def act(obs: dict[str, np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
             if state is None:
                 state = self.agent.initial_policy_state(len(obs["is_first"]))
-            return self.agent.policy(obs, state, mode=mode)
+            return self.agent.policy(obs, state, sample=sample)
 
         return act
 
@@ -235,11 +236,11 @@ class Loop:
                 self.logger.scalar(f"report/{name}", float(value))
 
     def evaluate(self) -> None:
-        """Run `run.eval_episodes` episodes with the eval policy on the eval envs (an even share per env,
-        so short episodes are not over-represented); log return and length statistics and a video."""
-        episodes = collect_episodes(
-            self.parts.eval_env, self.policy("eval"), self.config.eval_episodes, videos=1
-        )
+        """Run `run.eval_episodes` episodes with the eval policy (`run.eval_policy`: sampled actions by
+        default, as the reference) on the eval envs (an even share per env, so short episodes are not
+        over-represented); log return and length statistics and a video."""
+        policy = self.policy(sample=self.config.eval_policy == "sample")
+        episodes = collect_episodes(self.parts.eval_env, policy, self.config.eval_episodes, videos=1)
         for name, stats in policy_summary(episodes).items():
             self.logger.scalar(f"eval/{name}", stats["mean"])
             for key in ("std", "min", "max", "median", "ci95_low", "ci95_high"):

@@ -100,7 +100,7 @@ class StubAgent:
     def initial_policy_state(self, num_envs):
         return torch.zeros(num_envs)
 
-    def policy(self, obs, state, mode="train"):
+    def policy(self, obs, state, sample=True):
         action = np.zeros((len(obs["is_first"]), 2), np.float32)
         action[:, 0] = 1
         return action, state + 1
@@ -178,6 +178,37 @@ def test_eval_and_videos_with_an_image_env(tmp_path):
     assert any(n.startswith("report_openloop_image_") and n.endswith(".mp4") for n in videos)
     assert any(n.startswith("policy_episode_") for n in videos)
     assert any("report/openloop/vector_mse" in r for r in rows(tmp_path))
+
+
+class RecordingEnv(StubEnv):
+    """A StubEnv that keeps the actions it is given: [N, A] per step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actions = []
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        return super().step(action)
+
+
+@pytest.mark.parametrize("eval_policy", ["sample", "mode"])
+def test_evaluation_samples_actions_unless_configured_to_take_the_mode(tmp_path, eval_policy):
+    config = config_for(tmp_path, steps=0, eval_every=1000, eval_episodes=40, eval_policy=eval_policy)
+    make_env = lambda config, seed, num_envs=None: RecordingEnv(num_envs or 1)  # noqa: E731
+    loop = train.build(config, train.Factories(make_env=make_env))
+    head = loop.agent.ac.actor.net.net[-1]  # the real agent's policy, made to ignore the state
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.log(torch.tensor([0.7, 0.3])))
+    loop.evaluate()
+    actions = np.concatenate(loop.parts.eval_env.actions)  # 40 episodes of 11 steps
+    assert len(actions) == 440
+    if eval_policy == "mode":
+        assert (actions[:, 0] == 1).all()
+    else:  # frequencies of samples: 0.99 * 0.7 + 0.01 * 0.5, within 4 standard errors
+        expected = 0.99 * 0.7 + 0.005
+        assert abs(actions[:, 0].mean() - expected) < 4 * (expected * (1 - expected) / 440) ** 0.5
 
 
 def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
