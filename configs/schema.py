@@ -83,6 +83,10 @@ class ReplayConfig:
     batch_length: int = bounded(64, ge=1)
     # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform, as v2).
     recency: float = bounded(0.0, ge=0, le=1)
+    # Train every window of newly collected steps at least once: each stream's steps tile into windows
+    # of `batch_length`, queued as each completes, and training batches take queued windows first (v2:
+    # `replay.online` True). Reports sample without taking them.
+    online: bool = True
     # Size in steps of the recent window used by `recency`, over all streams (each stream's newest
     # `recent_window // num_streams` steps).
     recent_window: int = bounded(10_000, ge=1)
@@ -338,7 +342,10 @@ class RunConfig:
     # Replayed steps per policy step: updates per policy step = train_ratio / (B x T) (v2: 32;
     # DMC 512, Atari100k 256 as in the published curves).
     train_ratio: float = bounded(32.0, ge=0)
-    # Policy steps collected with uniform random actions before training begins.
+    # Policy steps collected with uniform random actions before training may begin (ours; v2 has none).
+    # 0 starts as the reference does: the untrained policy acts from the first step, and training starts
+    # at the first step the replay holds batch_size x batch_length windows (`Replay.ready`). In either
+    # case the first update comes at once, then updates follow `train_ratio`.
     prefill: int = bounded(1024, ge=0)
     # Seconds between log lines / metric writes.
     log_every: float = bounded(10.0, ge=0)

@@ -1,10 +1,11 @@
 """Sequence replay: per-stream ring buffers, contiguous B x T samples, chunked to disk for resume.
 
-Each env stream owns a ring buffer of `capacity // num_streams` steps, preallocated per key at the
-key's own dtype (uint8 images stay one byte per value). The oldest steps of a stream are overwritten
-first (FIFO). A sample is `batch_size` windows of `batch_length` contiguous steps, each inside one
-stream and inside the steps it still holds; windows may cross episode boundaries (the model resets
-where `is_first` is set). A step with a NaN or inf in a float key is never stored: `add` raises
+Each env stream owns a ring buffer of `capacity // num_streams` steps, preallocated per key at the key's
+own dtype (uint8 images stay one byte per value). The oldest steps of a stream are overwritten first
+(FIFO). A sample is `batch_size` windows of `batch_length` contiguous steps, each inside one stream and
+inside the steps it still holds; windows may cross episode boundaries (the model resets where `is_first`
+is set). With `online`, training batches first take the windows of newly collected steps not yet trained
+on (see `replay/sampling.py`). A step with a NaN or inf in a float key is never stored: `add` raises
 NonFiniteStepError naming the env, the key and the step, or with `drop_nonfinite` drops that env's step.
 
 With a directory and `save`, steps are written per stream in chunks of `chunk_size`; `flush()` also
@@ -14,6 +15,7 @@ any more are deleted (see `replay/persistence.py`).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from envs.spaces import ArraySpec
 from replay import chunks
 from replay.chunks import Piece
 from replay.persistence import Persistence
-from replay.sampling import Windows, sample_windows
+from replay.sampling import Windows, drop_evicted, sample_windows, take_online, window_counts
 from replay.spec import check_array, float_keys, nonfinite_rows, raw_bytes_per_step
 
 
@@ -77,6 +79,8 @@ class Replay(Persistence):
         self._partial: list[Path | None] = [None] * S  # the last flushed tail file per stream
         self._release: np.ndarray | None = None  # per stream: the last checkpoint needs no older step
         self._rng = np.random.default_rng(seed)
+        # Online: (stream, index in memory of the first step) of windows of new steps, in order of arrival.
+        self._online: deque[tuple[int, int]] = deque()
         self.counters = {
             "chunks_saved": 0,
             "chunks_loaded": 0,
@@ -96,10 +100,15 @@ class Replay(Persistence):
         """Steps stored, all streams."""
         return int(self._stored.sum())
 
+    def windows(self) -> int:
+        """Windows of `batch_length` steps held, all streams (the reference's `len(replay)`)."""
+        return int(window_counts(self._stored, self.config.batch_length).sum())
+
     @property
     def ready(self) -> bool:
-        """Whether a batch can be drawn: some stream holds at least `batch_length` steps."""
-        return bool((self._stored >= self.config.batch_length).any())
+        """Whether training may start: the replay holds `batch_size x batch_length` windows, the
+        reference's condition (embodied/run/train.py: `len(replay) >= batch_size * batch_length`)."""
+        return self.windows() >= self.config.batch_size * self.config.batch_length
 
     def stats(self) -> dict:
         """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and counts of
@@ -151,6 +160,16 @@ class Replay(Persistence):
         self._count[rows] += 1
         self._next[rows] += 1
         self._stored[rows] = np.minimum(self._stored[rows] + 1, self.stream_capacity)
+        if self.config.online:
+            self._enqueue(rows)
+
+    def _enqueue(self, rows: np.ndarray) -> None:
+        """Queue the newest window of each stream in `rows` whose step just completed another
+        `batch_length` steps on disk: the stream's steps tile into consecutive windows, each queued once."""
+        T = self.config.batch_length
+        full = rows[(self._next[rows] % T == 0) & (self._stored[rows] >= T)]
+        self._online.extend(zip(full.tolist(), (self._count[full] - T).tolist(), strict=True))
+        drop_evicted(self._online, self._count - self._stored)
 
     def _finite_rows(self, values: dict[str, np.ndarray]) -> np.ndarray | None:
         """The streams whose step to store: None (all) when every float is finite; else those without a
@@ -210,37 +229,45 @@ class Replay(Persistence):
 
     # --- sampling ---
 
-    def sample(self) -> dict[str, np.ndarray]:
-        """A batch: key -> [B, T, ...] at the stored dtypes (images uint8)."""
+    def sample(self, online: bool = True) -> dict[str, np.ndarray]:
+        """A batch: key -> [B, T, ...] at the stored dtypes (images uint8).
+
+        `online` (a training batch) takes the queued windows of new steps first, when `config.online`;
+        False (a report) leaves the queue as it is."""
         B, T = self.config.batch_size, self.config.batch_length
         out = {key: np.empty((B, T, *s.shape), s.dtype) for key, s in self.spec.items()}
-        self._gather(self._windows(), out)
+        self._gather(self._windows(online), out)
         return out
 
-    def sample_torch(self, device: str | torch.device) -> dict[str, torch.Tensor]:
-        """A batch as tensors on `device`: gathered into pinned memory and copied without blocking on CUDA,
-        plain tensors sharing the sampled arrays on CPU."""
+    def sample_torch(self, device: str | torch.device, online: bool = True) -> dict[str, torch.Tensor]:
+        """A batch (see `sample`) as tensors on `device`: gathered into pinned memory and copied without
+        blocking on CUDA, plain tensors sharing the sampled arrays on CPU."""
         device = torch.device(device)
         if device.type != "cuda":
-            return {key: torch.from_numpy(value) for key, value in self.sample().items()}
+            return {key: torch.from_numpy(value) for key, value in self.sample(online).items()}
         B, T = self.config.batch_size, self.config.batch_length
         # Fresh pinned buffers: torch's host allocator reuses one only once its copy has finished.
         pinned = {
             key: torch.empty((B, T, *s.shape), dtype=_torch_dtype(s.dtype), pin_memory=True)
             for key, s in self.spec.items()
         }
-        self._gather(self._windows(), {key: tensor.numpy() for key, tensor in pinned.items()})
+        self._gather(self._windows(online), {key: tensor.numpy() for key, tensor in pinned.items()})
         return {key: tensor.to(device, non_blocking=True) for key, tensor in pinned.items()}
 
-    def _windows(self) -> Windows:
-        if not self.ready:
+    def _windows(self, online: bool) -> Windows:
+        """The batch's windows: queued new ones first (with `online`), the rest drawn (`sample_windows`)."""
+        if not self.windows():
             raise RuntimeError(
                 f"replay cannot sample yet: streams hold {self._stored.tolist()} steps, a sequence needs "
                 f"replay.batch_length={self.config.batch_length}"
             )
         c = self.config
+        queued = take_online(self._online, c.batch_size if online else 0, self._count - self._stored)
         recent = c.recent_window // self.num_streams
-        return sample_windows(self._rng, self._stored, c.batch_length, c.batch_size, c.recency, recent)
+        drawn = sample_windows(
+            self._rng, self._stored, c.batch_length, c.batch_size - len(queued.stream), c.recency, recent
+        )
+        return Windows(*(np.concatenate(pair) for pair in zip(queued, drawn, strict=True)))
 
     def _gather(self, windows: Windows, out: dict[str, np.ndarray]) -> None:
         """Copy each window into `out` [B, T, ...] as one or two slices (two where the ring wraps)."""

@@ -1,11 +1,15 @@
 """The training loop: collect with the policy, add to replay, train at the configured ratio, log,
 evaluate, checkpoint.
 
-The first `run.prefill` policy steps use uniform random actions and train nothing; the schedules
-(logging, checkpoints, evaluation) run throughout. Every `run.video_every` steps the agent's open-loop
-report is logged and the next training episode of env 0 is recorded; policy videos (training and
-evaluation episodes) show what the env renders (`rgb_array`), else its first image observation
-(run/video.py's `PolicyFrames`), and the env renders only while an episode is being recorded.
+The first `run.prefill` policy steps use uniform random actions and train nothing; with 0 the (untrained)
+policy acts from the first step, as in the reference. Training starts once the prefill is over and the
+replay is ready (it holds batch_size x batch_length windows, the reference's condition), with one update
+at once, then follows the train ratio; training batches take the replay's online queue of new windows
+first (`replay.online`). The schedules (logging, checkpoints, evaluation) run throughout. Every
+`run.video_every` steps the agent's open-loop report is logged and the next training episode of env 0 is
+recorded; policy videos (training and evaluation episodes) show what the env renders (`rgb_array`), else
+its first image observation (run/video.py's `PolicyFrames`), and the env renders only while an episode is
+being recorded.
 
 Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
 repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
@@ -228,7 +232,8 @@ class Loop:
         self.recorder.arm()
         if not self.replay.ready:
             return
-        for name, value in self.agent.report(self.replay.sample_torch(self.agent.device)).items():
+        batch = self.replay.sample_torch(self.agent.device, online=False)  # leaves new windows to training
+        for name, value in self.agent.report(batch).items():
             value = np.asarray(value)
             if value.dtype == np.uint8 and value.ndim == 4:
                 self.logger.video(f"report/{name}", value)

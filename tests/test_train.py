@@ -180,6 +180,25 @@ def test_eval_and_videos_with_an_image_env(tmp_path):
     assert any("report/openloop/vector_mse" in r for r in rows(tmp_path))
 
 
+@pytest.mark.parametrize("prefill", [0, 64])
+def test_training_starts_as_the_reference_or_after_a_random_prefill(tmp_path, prefill):
+    # debug: B x T = 4 x 8; the replay is ready with 32 windows of 8 steps: after 39 steps of one env.
+    agent = StubAgent()  # its policy always takes action 0; the random prefill takes both
+    loop = train.build(config_for(tmp_path, steps=100, prefill=prefill), stub_factories(agent=agent))
+    acted, updated = [], []
+    policy, update = agent.policy, agent.train
+    agent.policy = lambda obs, state, sample=True: acted.append(loop.counters.step) or policy(obs, state)
+    agent.train = lambda batch, state: updated.append(loop.counters.step) or update(batch, state)
+    loop.run(StopFlag())
+    actions = loop.parts.replay.stream_data(0)["action"][:, 0]  # the action taken at each step
+    if prefill == 0:  # the untrained policy acts from the first step; the first update once ready
+        assert acted == list(range(100)) and (actions == 1).all()
+        assert updated[0] == 39 and len(updated) == 1 + (100 - 39) // 2
+    else:  # random actions for 64 steps, then the policy; the first update at once
+        assert acted == list(range(64, 100)) and 0 < actions[:64].mean() < 1 and (actions[64:] == 1).all()
+        assert updated[0] == 65 and len(updated) == 1 + (100 - 65) // 2
+
+
 class RecordingEnv(StubEnv):
     """A StubEnv that keeps the actions it is given: [N, A] per step."""
 
