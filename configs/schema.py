@@ -81,7 +81,8 @@ class ReplayConfig:
     batch_size: int = bounded(16, ge=1)
     # Steps per sequence, T (v2: 64).
     batch_length: int = bounded(64, ge=1)
-    # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform, as v2).
+    # Fraction of each batch's drawn windows (those after the online queue's) taken from the most recent
+    # `recent_window` steps (0: uniform, as v2).
     recency: float = bounded(0.0, ge=0, le=1)
     # Train every window of newly collected steps at least once: each stream's steps tile into windows
     # of `batch_length`, queued as each completes, and training batches take queued windows first (v2:
