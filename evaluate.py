@@ -1,12 +1,13 @@
 """Evaluate a checkpoint: policy rollouts in the real env and the world model against reality.
 
-    python evaluate.py --logdir RUN [--checkpoint PATH|all] [--episodes N] [--modes eval,train]
+    python evaluate.py --logdir RUN [--checkpoint PATH|all] [--episodes N] [--modes sample,mode]
                        [--context C] [--openloop-steps H] [--samples K] [--dataset DIR] [--wandb [MODE]]
                        [--env.* / other dotted config overrides]
     python evaluate.py --compare RUN [RUN ...] [--out DIR]
 
 Writes into `<RUN>/eval` (or `--out`, e.g. for a run folder that cannot be written): `summary.json`
-(return and length statistics per policy mode), `episodes.csv` (one row per episode),
+(return and length statistics per policy mode: `sample` draws actions from the policy, as the
+reference evaluates; `mode` takes the distribution's mode), `episodes.csv` (one row per episode),
 `world_model.json` (ELBO, rate, distortion, K-sample bound, reward / continuation errors, open-loop
 error per imagined step), `plots/*.png` and `videos/` (`policy_<i>`: what the env renders, else its
 image observation; `episode_<i>`: an image observation beside the model's reconstruction).
@@ -37,7 +38,7 @@ from omegaconf import OmegaConf
 
 from agent import make_agent
 from configs.loader import ConfigError, load_config, parse_overrides
-from configs.schema import Config
+from configs.schema import EVAL_POLICIES, Config
 from envs import EnvError, make_vec_env
 from evaluation import compare
 from evaluation import plots as eval_plots
@@ -65,7 +66,6 @@ from train import EVAL_SEED_OFFSET, setup_host
 from util.files import cannot_write
 
 PROG = "evaluate.py"
-MODES = ("eval", "train")
 # Open-loop windows cut from the evaluation episodes, at most.
 MAX_WINDOWS = 64
 
@@ -88,7 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--logdir", help="the run folder to evaluate (its newest checkpoint by default)")
     p.add_argument("--checkpoint", help="a checkpoint file or folder; 'all' also scores every checkpoint")
     p.add_argument("--episodes", type=int, default=10, help="episodes per policy mode (default 10)")
-    p.add_argument("--modes", default="eval", help="policy modes, comma separated: eval, train")
+    p.add_argument(
+        "--modes",
+        help="policies, comma separated: sample (actions drawn, as the reference evaluates), mode (the "
+        "distribution's mode); default: the checkpoint's run.eval_policy (sample unless set)",
+    )
     p.add_argument("--videos", type=int, default=1, help="episodes recorded as videos (default 1)")
     p.add_argument("--context", type=int, default=5, help="open-loop context steps (default 5)")
     p.add_argument("--openloop-steps", type=int, default=10, help="open-loop imagined steps (default 10)")
@@ -106,10 +110,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     """Own options and the remaining `--group.key value` config overrides; ConfigError when bad."""
     args, rest = parser().parse_known_args(argv)
     overrides = parse_overrides(rest)
-    modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ConfigError(f"--modes takes {' and/or '.join(MODES)} (comma separated); got '{args.modes}'")
+    modes = None if args.modes is None else [m for m in args.modes.split(",") if m]
+    if modes is not None and (not modes or any(m not in EVAL_POLICIES for m in modes)):
+        allowed = " and/or ".join(EVAL_POLICIES)
+        raise ConfigError(f"--modes takes {allowed} (comma separated); got '{args.modes}'")
     for name in ("episodes", "context", "openloop_steps", "samples", "batches"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
@@ -180,15 +184,20 @@ def load_weights(agent: Any, state: dict, path: Path, config: Config, env: Any) 
         ) from None
 
 
+def policy_modes(args: argparse.Namespace, config: Config) -> list[str]:
+    """The policies to roll out: `--modes`, else the config's `run.eval_policy`."""
+    return args.modes or [config.run.eval_policy]
+
+
 # --- the evaluations --------------------------------------------------------------------------------
 
 
-def run_policy(agent: Any, env: Any, args: argparse.Namespace) -> dict[str, list[Episode]]:
-    """Episodes per policy mode, each mode on a fresh reset of the same seeded envs; the first `--videos`
-    episodes of the first mode are recorded."""
+def run_policy(agent: Any, env: Any, modes: list[str], args: argparse.Namespace) -> dict[str, list[Episode]]:
+    """Episodes per policy mode ("sample", "mode"), each mode on a fresh reset of the same seeded envs; the
+    first `--videos` episodes of the first mode are recorded."""
     return {
         mode: collect_episodes(env, agent_policy(agent, mode), args.episodes, args.videos if i == 0 else 0)
-        for i, mode in enumerate(args.modes)
+        for i, mode in enumerate(modes)
     }
 
 
@@ -228,8 +237,8 @@ def score_checkpoints(
     agent: Any, env: Any, loaded: Loaded, batches: list, args: argparse.Namespace
 ) -> list[dict]:
     """Rate, distortion and ELBO of every checkpoint of the run on the same data (and, with
-    `--checkpoint all`, its eval-mode return); a checkpoint that cannot be read or used is skipped with
-    a warning. Restores the evaluated checkpoint's weights after."""
+    `--checkpoint all`, its return under the first policy mode); a checkpoint that cannot be read or used
+    is skipped with a warning. Restores the evaluated checkpoint's weights after."""
     points = []
     for path in checkpoint_paths(loaded.path.parent):
         try:
@@ -242,7 +251,8 @@ def score_checkpoints(
         point = {"step": int(state["step"]), "path": str(path)}
         point.update({k: bound[k] for k in ("rate", "distortion", "elbo")})
         if args.checkpoint == "all":
-            rollout = collect_episodes(env, agent_policy(agent, "eval"), args.episodes)
+            policy = agent_policy(agent, policy_modes(args, loaded.config)[0])
+            rollout = collect_episodes(env, policy, args.episodes)
             point["return"] = policy_summary(rollout)
         points.append(point)
     agent.load_state_dict(loaded.state["agent"])
@@ -345,7 +355,8 @@ def evaluate_with(env: Any, loaded: Loaded, logdir: Path, out: Path, seed: int, 
     config = loaded.config
     agent = build_agent(config, env, loaded)
     # 1. Policy rollouts.
-    episodes = run_policy(agent, env, args)
+    modes = policy_modes(args, config)
+    episodes = run_policy(agent, env, modes, args)
     summary = {
         "checkpoint": str(loaded.path),
         "step": int(loaded.state["step"]),
@@ -354,7 +365,7 @@ def evaluate_with(env: Any, loaded: Loaded, logdir: Path, out: Path, seed: int, 
         "policy": {mode: policy_summary(eps) for mode, eps in episodes.items()},
     }
     write_csv(out / "episodes.csv", [row for m, eps in episodes.items() for row in episode_rows(eps, m)])
-    videos = write_videos(agent, config, episodes[args.modes[0]], args.videos, out)
+    videos = write_videos(agent, config, episodes[modes[0]], args.videos, out)
     summary["videos"] = [str(p) for p in videos]
     # 2. World model against reality.
     every = [e for eps in episodes.values() for e in eps]

@@ -30,7 +30,6 @@ from world_model.world_model import WorldModel
 
 # The autocast dtype of each `run.precision` (float32: no autocast).
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-MODES = ("train", "eval")
 # Open-loop reports: posterior context steps (as in the reference's report) and sequences shown.
 OPENLOOP_CONTEXT = 5
 OPENLOOP_SEQUENCES = 4
@@ -142,22 +141,21 @@ class Agent:
 
     @torch.no_grad()
     def policy(
-        self, obs: dict[str, np.ndarray], state: PolicyState | None, mode: str = "train"
+        self, obs: dict[str, np.ndarray], state: PolicyState | None, sample: bool = True
     ) -> tuple[np.ndarray, PolicyState]:
         """Actions [N, A] float32 for N envs; the state resets where `obs["is_first"]`.
 
-        mode "train" samples from the policy, "eval" takes its mode. Discrete actions are one-hot,
-        continuous ones lie in [-1, 1].
+        `sample` draws the action from the policy, in training and in evaluation alike (the reference's
+        `policy` samples in every mode); False takes the distribution's mode instead. Discrete actions
+        are one-hot, continuous ones lie in [-1, 1].
         """
-        if mode not in MODES:
-            raise ValueError(f"policy mode must be one of {MODES}, got {mode!r}")
         is_first = self._tensor(obs["is_first"]).bool()
         state = self.initial_policy_state(is_first.shape[0]) if state is None else state
         inputs = {k: self._tensor(obs[k]) for k in self.obs_space}
         with self._autocast():
             latent = self.wm.observe_step(state.latent, state.action, inputs, is_first)
             dist = self.ac.actor(self.wm.feat(latent))
-            action = dist.sample() if mode == "train" else dist.mode()
+            action = dist.sample() if sample else dist.mode()
         action = exact_action(action.float(), self.act_space)
         latent = RSSMState(latent.deter.float(), latent.stoch.float())
         return action.cpu().numpy().astype(np.float32), PolicyState(latent, action)

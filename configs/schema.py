@@ -81,8 +81,13 @@ class ReplayConfig:
     batch_size: int = bounded(16, ge=1)
     # Steps per sequence, T (v2: 64).
     batch_length: int = bounded(64, ge=1)
-    # Fraction of each batch drawn from the most recent `recent_window` steps (0: uniform, as v2).
+    # Fraction of each batch's drawn windows (those after the online queue's) taken from the most recent
+    # `recent_window` steps (0: uniform, as v2).
     recency: float = bounded(0.0, ge=0, le=1)
+    # Train every window of newly collected steps at least once: each stream's steps tile into windows
+    # of `batch_length`, queued as each completes, and training batches take queued windows first (v2:
+    # `replay.online` True). Reports sample without taking them.
+    online: bool = True
     # Size in steps of the recent window used by `recency`, over all streams (each stream's newest
     # `recent_window // num_streams` steps).
     recent_window: int = bounded(10_000, ge=1)
@@ -291,7 +296,9 @@ class ActorCriticConfig:
     # start['is_terminal']`, `cont = self.heads['cont'](traj).mode()`; from danijar/dreamerv3 as of
     # 2023, which is not in the local reference copy).
     imag_cont: ImagCont = "prob"
-    # Uniform mixture on the discrete policy's probabilities (v2 and v1: `policy.unimix` 0.01).
+    # Uniform mixture on the discrete policy's probabilities: 0.01 as in the April 2024 code behind the
+    # published curves (v2 and v1). The reference's HEAD lists `policy.unimix: 0.01` in configs.yaml, but
+    # its discrete policy head (`policy_dist_disc: categorical`, embodied/jax/heads.py) applies no unimix: 0.
     unimix: float = bounded(0.01, ge=0, le=1)
     # Let the replay value loss train the world model's representation too (v2: `repval_grad` True).
     repval_grad: bool = True
@@ -353,6 +360,10 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
 # Autocast precision of the model forward passes.
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# Evaluation actions: samples of the policy (as the reference, whose `policy` samples in every mode) or
+# the distribution's mode.
+EvalPolicy = Literal["sample", "mode"]
+EVAL_POLICIES: tuple[str, ...] = get_args(EvalPolicy)
 # torch.distributed backend: "auto" picks nccl on CUDA, gloo on the CPU.
 DistBackend = Literal["auto", "nccl", "gloo"]
 DIST_BACKENDS: tuple[str, ...] = get_args(DistBackend)
@@ -367,7 +378,10 @@ class RunConfig:
     # Replayed steps per policy step: updates per policy step = train_ratio / (B x T) (v2: 32;
     # DMC 512, Atari100k 256 as in the published curves).
     train_ratio: float = bounded(32.0, ge=0)
-    # Policy steps collected with uniform random actions before training begins.
+    # Policy steps collected with uniform random actions before training may begin (ours; v2 has none).
+    # 0 starts as the reference does: the untrained policy acts from the first step, and training starts
+    # at the first step the replay holds batch_size x batch_length windows (`Replay.ready`). In either
+    # case the first update comes at once, then updates follow `train_ratio`.
     prefill: int = bounded(1024, ge=0)
     # Seconds between log lines / metric writes.
     log_every: float = bounded(10.0, ge=0)
@@ -379,6 +393,10 @@ class RunConfig:
     # Policy steps between evaluations (0: never) and episodes per evaluation.
     eval_every: int = bounded(10_000, ge=0)
     eval_episodes: int = bounded(10, ge=1)
+    # Evaluation actions: "sample" from the policy, as the reference's evaluation (dreamerv3/agent.py
+    # `policy` samples in every mode), so scores compare with the published ones; "mode" takes the
+    # distribution's mode (a greedy policy, not the reference's).
+    eval_policy: EvalPolicy = "sample"
     # Policy steps between video reports (open-loop prediction, policy episode); 0: never.
     video_every: int = bounded(0, ge=0)
     # Initialize weights from this checkpoint file ("" for none).

@@ -62,7 +62,8 @@ def final_return(logdir: Path, returns: np.ndarray) -> dict[str, Any]:
     summary = logdir / "eval" / "summary.json"
     if summary.exists():
         data = json.loads(summary.read_text())
-        stats = data["policy"]["eval"]["return"]
+        # The first policy evaluated (`--modes`; sampled actions by default, as the reference).
+        stats = next(iter(data["policy"].values()))["return"]
         ci95 = [stats["ci95_low"], stats["ci95_high"]]
         return {"mean": stats["mean"], "ci95": ci95, "source": "summary.json"}
     last = float(returns[-1]) if len(returns) else float("nan")

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 
+from configs.schema import EVAL_POLICIES
 from run.driver import Driver
 from run.video import VIDEO_MAX_FRAMES, PolicyFrames
 
@@ -72,11 +73,14 @@ def summary_stats(values: Any) -> dict[str, float | None]:
     }
 
 
-def agent_policy(agent: Any, mode: str) -> Callable:
-    """The agent's policy in the driver's signature (`mode` "eval" takes the mode, "train" samples)."""
+def agent_policy(agent: Any, kind: str) -> Callable:
+    """The agent's policy in the driver's signature: `kind` "sample" draws actions from the policy (as
+    the reference evaluates), "mode" takes the distribution's mode (see `run.eval_policy`)."""
+    if kind not in EVAL_POLICIES:
+        raise ValueError(f"policy kind must be one of {EVAL_POLICIES}, got {kind!r}")
 
     def act(obs: dict[str, np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
-        return agent.policy(obs, state, mode=mode)
+        return agent.policy(obs, state, sample=kind == "sample")
 
     return act
 

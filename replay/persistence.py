@@ -21,6 +21,7 @@ checkpoint still finds every step it needs (older checkpoints may find fewer, an
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -187,7 +188,8 @@ class Persistence:
     # --- exact resume ---
 
     def state_dict(self) -> dict:
-        """The sampler's random state and, per stream, the indices on disk of its next and oldest held step
+        """The sampler's random state, the online queue (stream and index on disk of each queued window's
+        first step) and, per stream, the indices on disk of its next and oldest held step
         (checkpoint-safe plain types). Once the checkpoint is written, chunks of older steps are deleted.
 
         Call `flush()` first, so that the disk holds every step the state refers to."""
@@ -199,6 +201,7 @@ class Persistence:
             "ends": self._next.tolist(),
             "starts": starts.tolist(),
             "stored": self._stored.tolist(),
+            "online": [[s, int(self._disk[s, first % self.stream_capacity])] for s, first in self._online],
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -224,12 +227,26 @@ class Persistence:
                 self._load_latents(stream)
         if self.directory is not None:
             self._release = self._oldest_disk()
+        self._online = self._restore_online(state.get("online", []))  # absent before the online queue
         if self._stored.tolist() != list(state["stored"]):
             warnings.warn(
                 f"replay holds {self._stored.tolist()} steps per stream, {list(state['stored'])} at the "
                 "checkpoint (chunks missing or skipped): sampling differs from the original run",
                 stacklevel=2,
             )
+
+    def _restore_online(self, queued: list) -> deque[tuple[int, int]]:
+        """The online queue from (stream, index on disk of the first step) pairs, in memory indices; windows
+        whose first step is no longer held are left out."""
+        held: dict[int, np.ndarray] = {}
+        restored: deque[tuple[int, int]] = deque()
+        for stream, disk in queued:
+            if stream not in held:
+                held[stream] = self._held_disk(stream)
+            i = int(np.searchsorted(held[stream], disk))
+            if i < len(held[stream]) and held[stream][i] == disk:
+                restored.append((stream, int(self._count[stream] - self._stored[stream]) + i))
+        return restored
 
     def _forget_from(self, stream: int, end: int) -> None:
         """Forget the held steps of `stream` from disk index `end` on (in memory)."""

@@ -6,7 +6,9 @@ first (FIFO). A sample is `batch_size` windows of contiguous steps, each inside 
 steps it still holds; windows may cross episode boundaries (the model resets where `is_first` is set).
 A window is `batch_length` steps, preceded by `replay.context` steps when the spec holds the model's
 latent (`context/*` keys, see `step_spec`): the latent stored at a step is where the policy's posterior
-was after it, and `update` overwrites it with the posterior of a later training step.
+was after it, and `update` overwrites it with the posterior of a later training step. With `online`,
+training batches first take the windows of newly collected steps not yet trained on (see
+`replay/sampling.py`).
 
 A step with a NaN or inf in a float key is never stored: `add` raises NonFiniteStepError naming the
 env, the key and the step, or with `drop_nonfinite` drops that env's step.
@@ -18,6 +20,7 @@ any more are deleted (see `replay/persistence.py`).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from envs.spaces import ArraySpec
 from replay import chunks
 from replay.chunks import Piece
 from replay.persistence import Persistence
-from replay.sampling import Windows, sample_windows
+from replay.sampling import Windows, drop_evicted, sample_windows, take_online, window_counts
 from replay.spec import check_array, context_keys, float_keys, nonfinite_rows, raw_bytes_per_step
 
 
@@ -85,6 +88,8 @@ class Replay(Persistence):
         self._partial: list[Path | None] = [None] * S  # the last flushed tail file per stream
         self._release: np.ndarray | None = None  # per stream: the last checkpoint needs no older step
         self._rng = np.random.default_rng(seed)
+        # Online: (stream, index in memory of the first step) of windows of new steps, in order of arrival.
+        self._online: deque[tuple[int, int]] = deque()
         self.counters = {
             "chunks_saved": 0,
             "chunks_loaded": 0,
@@ -104,10 +109,15 @@ class Replay(Persistence):
         """Steps stored, all streams."""
         return int(self._stored.sum())
 
+    def windows(self) -> int:
+        """Windows of `length` steps held, all streams (the reference's `len(replay)`)."""
+        return int(window_counts(self._stored, self.length).sum())
+
     @property
     def ready(self) -> bool:
-        """Whether a batch can be drawn: some stream holds a whole window (`length` steps)."""
-        return bool((self._stored >= self.length).any())
+        """Whether training may start: the replay holds `batch_size x batch_length` windows, the
+        reference's condition (embodied/run/train.py: `len(replay) >= batch_size * batch_length`)."""
+        return self.windows() >= self.config.batch_size * self.config.batch_length
 
     def stats(self) -> dict:
         """Steps, memory (preallocated bytes, per step slot and the raw size of a step) and counts of
@@ -162,6 +172,17 @@ class Replay(Persistence):
         self._count[rows] += 1
         self._next[rows] += 1
         self._stored[rows] = np.minimum(self._stored[rows] + 1, self.stream_capacity)
+        if self.config.online:
+            self._enqueue(rows)
+
+    def _enqueue(self, rows: np.ndarray) -> None:
+        """Queue the newest window of each stream in `rows` whose step just completed another
+        `batch_length` steps on disk: the trained steps of a stream's windows tile it, each queued once
+        (a window's context steps are the last trained steps of the window before)."""
+        T, L = self.config.batch_length, self.length
+        full = rows[(self._next[rows] % T == 0) & (self._stored[rows] >= L)]
+        self._online.extend(zip(full.tolist(), (self._count[full] - L).tolist(), strict=True))
+        drop_evicted(self._online, self._count - self._stored)
 
     def _finite_rows(self, values: dict[str, np.ndarray]) -> np.ndarray | None:
         """The streams whose step to store: None (all) when every float is finite; else those without a
@@ -221,29 +242,32 @@ class Replay(Persistence):
 
     # --- sampling ---
 
-    def sample(self) -> dict[str, np.ndarray]:
+    def sample(self, online: bool = True) -> dict[str, np.ndarray]:
         """A batch: key -> [B, L, ...] at the stored dtypes (images uint8), L = `length` (context steps
-        first), and `stepid` [B, L] int64 naming each step for `update`."""
+        first), and `stepid` [B, L] int64 naming each step for `update`.
+
+        `online` (a training batch) takes the queued windows of new steps first, when `config.online`;
+        False (a report) leaves the queue as it is."""
         B, L = self.config.batch_size, self.length
         out = {key: np.empty((B, L, *s.shape), s.dtype) for key, s in self.spec.items()}
-        windows = self._windows()
+        windows = self._windows(online)
         self._gather(windows, out)
         out["stepid"] = self._stepids(windows)
         return out
 
-    def sample_torch(self, device: str | torch.device) -> dict[str, torch.Tensor]:
-        """A batch as tensors on `device`: gathered into pinned memory and copied without blocking on CUDA,
-        plain tensors sharing the sampled arrays on CPU."""
+    def sample_torch(self, device: str | torch.device, online: bool = True) -> dict[str, torch.Tensor]:
+        """A batch (see `sample`) as tensors on `device`: gathered into pinned memory and copied without
+        blocking on CUDA, plain tensors sharing the sampled arrays on CPU."""
         device = torch.device(device)
         if device.type != "cuda":
-            return {key: torch.from_numpy(value) for key, value in self.sample().items()}
+            return {key: torch.from_numpy(value) for key, value in self.sample(online).items()}
         B, L = self.config.batch_size, self.length
         # Fresh pinned buffers: torch's host allocator reuses one only once its copy has finished.
         pinned = {
             key: torch.empty((B, L, *s.shape), dtype=_torch_dtype(s.dtype), pin_memory=True)
             for key, s in self.spec.items()
         }
-        windows = self._windows()
+        windows = self._windows(online)
         self._gather(windows, {key: tensor.numpy() for key, tensor in pinned.items()})
         pinned["stepid"] = torch.from_numpy(self._stepids(windows)).pin_memory()
         return {key: tensor.to(device, non_blocking=True) for key, tensor in pinned.items()}
@@ -273,16 +297,21 @@ class Replay(Persistence):
         first = self._count[stream] - self._stored[stream]
         return (first + pos[found]) % self.stream_capacity, found
 
-    def _windows(self) -> Windows:
-        if not self.ready:
+    def _windows(self, online: bool) -> Windows:
+        """The batch's windows: queued new ones first (with `online`), the rest drawn (`sample_windows`)."""
+        if not self.windows():
             raise RuntimeError(
                 f"replay cannot sample yet: streams hold {self._stored.tolist()} steps, a sequence needs "
                 f"{self.length} (replay.batch_length={self.config.batch_length} after "
                 f"{self.context} context steps)"
             )
         c = self.config
+        queued = take_online(self._online, c.batch_size if online else 0, self._count - self._stored)
         recent = c.recent_window // self.num_streams
-        return sample_windows(self._rng, self._stored, self.length, c.batch_size, c.recency, recent)
+        drawn = sample_windows(
+            self._rng, self._stored, self.length, c.batch_size - len(queued.stream), c.recency, recent
+        )
+        return Windows(*(np.concatenate(pair) for pair in zip(queued, drawn, strict=True)))
 
     def _stepids(self, windows: Windows) -> np.ndarray:
         """[B, L] int64: disk index * num_streams + stream of each step of the windows (the same for a

@@ -1,13 +1,20 @@
-"""Choosing which windows of the stored streams form a batch: uniform, with an optional recency mix.
+"""Choosing which windows of the stored streams form a batch: uniform, with an optional recency mix,
+after the queued windows of newly collected steps (online).
 
 A window is `length` contiguous steps of one stream. Windows are addressed by their offset from the
 oldest step a stream holds, so a choice depends only on how many steps each stream holds (and the
 random generator), never on where the ring buffer happens to write: a replay reloaded from disk with
 the same data draws the same windows.
+
+The online queue (the reference's `replay.online`, embodied/core/replay.py) holds each stream's
+consecutive windows of newly collected steps, oldest first, named by stream and the index in memory of
+their first step; training batches take them before any uniform draw, so every collected step is
+trained on at least once.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 import numpy as np
@@ -63,3 +70,29 @@ def sample_windows(
     return Windows(
         np.concatenate([uniform.stream, near.stream]), np.concatenate([uniform.offset, near_offset])
     )
+
+
+def take_online(queue: deque[tuple[int, int]], n: int, oldest: np.ndarray) -> Windows:
+    """Up to `n` windows from the front of the online queue, oldest first, skipping those whose first
+    step the FIFO has evicted since they were queued.
+
+    Args:
+        queue: (stream, index in memory of the window's first step) pairs, in order of arrival.
+        oldest: [S] the index in memory of each stream's oldest held step.
+    Returns:
+        Windows with `stream` [<= n] and `offset` [<= n] from each stream's oldest held step.
+    """
+    stream, offset = [], []
+    while queue and len(stream) < n:
+        s, first = queue.popleft()
+        if first >= oldest[s]:
+            stream.append(s)
+            offset.append(first - oldest[s])
+    return Windows(np.array(stream, np.int64), np.array(offset, np.int64))
+
+
+def drop_evicted(queue: deque[tuple[int, int]], oldest: np.ndarray) -> None:
+    """Drop windows from the front of the queue while their first step is evicted (`oldest` [S]): the
+    queue stays bounded by the steps held when training takes less than is collected."""
+    while queue and queue[0][1] < oldest[queue[0][0]]:
+        queue.popleft()

@@ -1,11 +1,15 @@
 """The training loop: collect with the policy, add to replay, train at the configured ratio, log,
 evaluate, checkpoint.
 
-The first `run.prefill` policy steps use uniform random actions and train nothing; the schedules
-(logging, checkpoints, evaluation) run throughout. Every `run.video_every` steps the agent's open-loop
-report is logged and the next training episode of env 0 is recorded; policy videos (training and
-evaluation episodes) show what the env renders (`rgb_array`), else its first image observation
-(run/video.py's `PolicyFrames`), and the env renders only while an episode is being recorded.
+The first `run.prefill` policy steps use uniform random actions and train nothing; with 0 the (untrained)
+policy acts from the first step, as in the reference. Training starts once the prefill is over and the
+replay is ready (it holds batch_size x batch_length windows, the reference's condition), with one update
+at once, then follows the train ratio; training batches take the replay's online queue of new windows
+first (`replay.online`). The schedules (logging, checkpoints, evaluation) run throughout. Every
+`run.video_every` steps the agent's open-loop report is logged and the next training episode of env 0 is
+recorded; policy videos (training and evaluation episodes) show what the env renders (`rgb_array`), else
+its first image observation (run/video.py's `PolicyFrames`), and the env renders only while an episode is
+being recorded.
 
 Counters are in policy steps (one per env per vector step) and env frames (policy steps x action
 repeat). On resume the loop state (counters, schedules, the training carry, random states) comes back
@@ -148,7 +152,7 @@ class Loop:
     def run(self, stop: StopFlag) -> Counters:
         """Collect, train, log, evaluate and checkpoint until `run.steps` or a stop request."""
         explore = random_policy(self.env.act_space, self.env.num_envs, self.rng)
-        policy = self.policy("train")
+        policy = self.policy(sample=True, store_latent=self.replay.context > 0)
         while self.counters.step < self.config.steps and not stop.requested:
             prefilling = self.counters.step < self.config.prefill
             self.driver(explore if prefilling else policy, steps=1)
@@ -184,15 +188,15 @@ class Loop:
 
     # --- the steps of the loop ------------------------------------------------------------------------
 
-    def policy(self, mode: str) -> Callable:
-        """The agent's policy in the driver's signature; a None state starts from the initial state.
-        Training steps store the latent the policy reached there, where the replay keeps it."""
-        store_latent = mode == "train" and self.replay.context > 0
+    def policy(self, sample: bool, store_latent: bool = False) -> Callable:
+        """The agent's policy in the driver's signature, sampling actions or taking the distribution's
+        mode; a None state starts from the initial state. With `store_latent` each step carries the
+        latent the policy reached there, for the replay to keep (`replay.context`)."""
 
         def act(obs: dict[str, np.ndarray], state: Any) -> tuple[Any, Any]:
             if state is None:
                 state = self.agent.initial_policy_state(len(obs["is_first"]))
-            action, state = self.agent.policy(obs, state, mode=mode)
+            action, state = self.agent.policy(obs, state, sample=sample)
             if store_latent:
                 return {"action": action, **self.agent.latent_arrays(state)}, state
             return action, state
@@ -235,7 +239,8 @@ class Loop:
         self.recorder.arm()
         if not self.replay.ready:
             return
-        for name, value in self.agent.report(self.replay.sample_torch(self.agent.device)).items():
+        batch = self.replay.sample_torch(self.agent.device, online=False)  # leaves new windows to training
+        for name, value in self.agent.report(batch).items():
             value = np.asarray(value)
             if value.dtype == np.uint8 and value.ndim == 4:
                 self.logger.video(f"report/{name}", value)
@@ -243,11 +248,11 @@ class Loop:
                 self.logger.scalar(f"report/{name}", float(value))
 
     def evaluate(self) -> None:
-        """Run `run.eval_episodes` episodes with the eval policy on the eval envs (an even share per env,
-        so short episodes are not over-represented); log return and length statistics and a video."""
-        episodes = collect_episodes(
-            self.parts.eval_env, self.policy("eval"), self.config.eval_episodes, videos=1
-        )
+        """Run `run.eval_episodes` episodes with the eval policy (`run.eval_policy`: sampled actions by
+        default, as the reference) on the eval envs (an even share per env, so short episodes are not
+        over-represented); log return and length statistics and a video."""
+        policy = self.policy(sample=self.config.eval_policy == "sample")
+        episodes = collect_episodes(self.parts.eval_env, policy, self.config.eval_episodes, videos=1)
         for name, stats in policy_summary(episodes).items():
             self.logger.scalar(f"eval/{name}", stats["mean"])
             for key in ("std", "min", "max", "median", "ci95_low", "ci95_high"):

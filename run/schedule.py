@@ -61,9 +61,10 @@ class Clock:
 class Ratio:
     """Updates to run for newly collected steps, so that updates / steps tends to `ratio`.
 
-    Fractional ratios accumulate: with ratio 0.25 every fourth step yields one update. The count owed is
-    computed from the integer totals (floor(steps * ratio) - updates done), so no rounding error builds
-    up over a long run.
+    The first step owes one update, so training starts at once (as the reference's `when.Ratio`); then
+    fractional ratios accumulate: with ratio 0.25 every fourth step yields one more. The count owed is
+    computed from the integer totals (1 + floor((steps - 1) * ratio) - updates done), so no rounding
+    error builds up over a long run.
     """
 
     def __init__(self, ratio: float):
@@ -75,7 +76,8 @@ class Ratio:
 
     def __call__(self, new_steps: int) -> int:
         self.steps += int(new_steps)
-        due = int(self.steps * self.ratio) - self.updates
+        owed = 1 + int((self.steps - 1) * self.ratio) if self.ratio > 0 and self.steps > 0 else 0
+        due = owed - self.updates
         self.updates += due
         return due
 

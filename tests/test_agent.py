@@ -263,29 +263,48 @@ def test_policy_batched_over_envs_with_resets():
     agent = make()
     data = batch()
     obs = {k: v[:, 0] for k, v in data.items()}
-    action, state = agent.policy(obs, None, "train")
+    action, state = agent.policy(obs, None)
     assert action.shape == (B, 2) and action.dtype == np.float32
     assert np.array_equal(action.sum(-1), np.ones(B)) and set(np.unique(action)) <= {0.0, 1.0}
     obs = {k: v[:, 1] for k, v in data.items()}
     obs["is_first"] = np.array([False, True, False])
-    _, state2 = agent.policy(obs, state, "eval")
+    _, state2 = agent.policy(obs, state, sample=False)
     # The deterministic state after a reset depends on nothing before it: equal to a fresh start's.
-    _, fresh = agent.policy({k: v[1:2] for k, v in obs.items()}, None, "eval")
+    _, fresh = agent.policy({k: v[1:2] for k, v in obs.items()}, None, sample=False)
     torch.testing.assert_close(state2.latent.deter[1], fresh.latent.deter[0])
     # Envs that did not reset kept their own history.
-    _, fresh_all = agent.policy({**obs, "is_first": np.ones(B, bool)}, None, "eval")
+    _, fresh_all = agent.policy({**obs, "is_first": np.ones(B, bool)}, None, sample=False)
     for i in (0, 2):
         assert not torch.allclose(state2.latent.deter[i], fresh_all.latent.deter[i])
-    with pytest.raises(ValueError, match="policy mode must be one of"):
-        agent.policy(obs, state, "explore")
 
 
-def test_continuous_policy_eval_takes_the_mode_at_the_new_latent():
+def fix_policy(agent, probs):
+    """Make the actor's output layer ignore the features: logits log(probs) in every state."""
+    out = agent.ac.actor.net.net[-1]
+    with torch.no_grad():
+        out.weight.zero_()
+        out.bias.copy_(torch.log(torch.tensor(probs)))
+
+
+def test_policy_samples_unless_asked_for_the_mode():
+    agent = make()
+    fix_policy(agent, [0.8, 0.2])
+    N = 4000
+    obs = {k: np.zeros((N, *s.shape), s.dtype) for k, s in OBS.items()} | {"is_first": np.ones(N, bool)}
+    action, _ = agent.policy(obs, None)
+    # The policy's probabilities with the 1% uniform mix: 0.99 * 0.8 + 0.01 * 0.5 = 0.797.
+    expected = 0.99 * 0.8 + 0.005
+    assert abs(action[:, 0].mean() - expected) < 4 * (expected * (1 - expected) / N) ** 0.5
+    mode, _ = agent.policy(obs, None, sample=False)
+    assert (mode[:, 0] == 1).all()
+
+
+def test_continuous_policy_mode_is_taken_at_the_new_latent():
     agent = make(act_space=CONTINUOUS)
     obs = {k: v[:, 0] for k, v in batch(CONTINUOUS).items()}
-    action, state = agent.policy(obs, None, "train")
+    action, state = agent.policy(obs, None)
     assert action.shape == (B, 2) and np.abs(action).max() <= 1.0
-    action, state = agent.policy(obs, None, "eval")
+    action, state = agent.policy(obs, None, sample=False)
     with torch.no_grad():
         mode = agent.ac.actor(agent.wm.feat(state.latent)).mode()
     np.testing.assert_array_equal(action, mode.clamp(-1, 1).numpy())
@@ -314,7 +333,7 @@ def test_bfloat16_autocast_trains_and_acts():
     agent = make(overrides={"run": {"precision": "bfloat16"}})
     state, _, metrics = agent.train(batch(), None)
     assert metrics["nonfinite"] == 0.0 and np.isfinite(metrics["loss/total"])
-    action, pstate = agent.policy({k: v[:, 0] for k, v in batch().items()}, None, "train")
+    action, pstate = agent.policy({k: v[:, 0] for k, v in batch().items()}, None)
     assert pstate.latent.deter.dtype == torch.float32 and action.shape == (B, 2)
 
 

@@ -607,7 +607,7 @@ def test_the_readmes_own_environment_example_trains_and_evaluates(tmp_path, monk
         evaluate.main([*evaluate_args[2:], "--logdir", str(logdir), "--episodes", "2", "--out", str(out)])
         == 0
     )
-    assert (out / "summary.json").exists() and "policy eval: return" in capsys.readouterr().out
+    assert (out / "summary.json").exists() and "policy sample: return" in capsys.readouterr().out
 
 
 # --- rendering for policy videos --------------------------------------------------------------------

@@ -189,7 +189,7 @@ def trained_run(tmp_path_factory):
     checkpointer.save({"config": to_yaml(config), "agent": agent.state_dict()}, 0)
     train_world_model(agent, episodes, 120, rng)
     checkpointer.save({"config": to_yaml(config), "agent": agent.state_dict()}, 100)
-    args = ["--logdir", logdir, "--episodes", 4, "--modes", "eval,train"]
+    args = ["--logdir", logdir, "--episodes", 4, "--modes", "mode,sample"]
     args += ["--context", 4, "--openloop-steps", 8]
     assert run_main(*args, "--samples", 8, "--env.eval_num_envs", 2) == 0
     return logdir
@@ -198,7 +198,7 @@ def trained_run(tmp_path_factory):
 def test_summary_json_has_finite_statistics_per_mode(trained_run):
     summary = json.loads((trained_run / "eval" / "summary.json").read_text())
     assert summary["step"] == 100 and summary["env"] == "EvalRing-v0" and summary["seed"] == 10_000
-    for mode in ("eval", "train"):
+    for mode in ("mode", "sample"):
         for name in ("return", "length"):
             stats = summary["policy"][mode][name]
             assert set(stats) == {"n", "mean", "std", "min", "max", "median", "ci95_low", "ci95_high"}
@@ -209,11 +209,11 @@ def test_summary_json_has_finite_statistics_per_mode(trained_run):
             assert stats["min"] <= stats["median"] <= stats["max"]
         assert summary["policy"][mode]["length"]["mean"] == 40  # the ring truncates at 40 steps
     rows = list(csv.DictReader((trained_run / "eval" / "episodes.csv").open()))
-    assert [(r["mode"], r["episode"]) for r in rows][:5] == [("eval", str(i)) for i in range(4)] + [
-        ("train", "0")
+    assert [(r["mode"], r["episode"]) for r in rows][:5] == [("mode", str(i)) for i in range(4)] + [
+        ("sample", "0")
     ]
-    returns = [float(r["return"]) for r in rows if r["mode"] == "train"]
-    assert np.mean(returns) == pytest.approx(summary["policy"]["train"]["return"]["mean"])
+    returns = [float(r["return"]) for r in rows if r["mode"] == "sample"]
+    assert np.mean(returns) == pytest.approx(summary["policy"]["sample"]["return"]["mean"])
 
 
 def test_importance_weighted_bound_is_above_the_elbo(trained_run):
@@ -304,7 +304,8 @@ def test_pixel_run_writes_videos_with_reconstructions_and_psnr(pixel_run, capsys
     psnr = result["open_loop"]["psnr"]["image"]
     assert len(psnr) == 6 and all(math.isfinite(v) and v > 0 for v in psnr)
     assert (out / "plots" / "open_loop_strip.png").stat().st_size > 1000
-    assert "policy eval: return" in capsys.readouterr().out
+    assert "policy sample: return" in capsys.readouterr().out  # sampled actions unless --modes says
+    assert list(json.loads((out / "summary.json").read_text())["policy"]) == ["sample"]
 
 
 def test_world_model_on_a_saved_dataset(pixel_run, tmp_path):
@@ -496,7 +497,7 @@ def test_env_that_cannot_be_made_is_one_clear_error(pixel_run, capsys):
 
 def test_bad_options_exit_2(pixel_run, capsys):
     assert run_main("--logdir", pixel_run, "--modes", "greedy") == 2
-    assert "--modes takes eval and/or train" in capsys.readouterr().err
+    assert "--modes takes sample and/or mode" in capsys.readouterr().err
     assert run_main("--logdir", pixel_run, "--env.idd", "x") == 2
     assert "unknown config key 'env.idd'" in capsys.readouterr().err
     assert run_main("--logdir", pixel_run, "--openloop-steps", 0) == 2

@@ -175,14 +175,91 @@ def test_recent_windows_lie_in_the_newest_steps():
     np.testing.assert_array_equal(recent_counts(stored, T, 10), [7, 7])
 
 
-def test_not_ready_until_a_stream_holds_a_sequence():
-    replay = Replay(SPEC, replay_config(), 2)
-    fill(replay, Streams(2), 7)
-    assert not replay.ready
-    with pytest.raises(RuntimeError, match="batch_length=8"):
+def test_samples_once_a_stream_holds_a_sequence_ready_at_batch_size_x_length_windows():
+    replay = Replay(SPEC, replay_config(capacity=400, batch_size=2, batch_length=4), 2)
+    fill(replay, Streams(2), 3)
+    with pytest.raises(RuntimeError, match="batch_length=4"):
         replay.sample()
     fill(replay, Streams(2), 1)
-    assert replay.ready
+    replay.sample()
+    # Ready, as the reference's train.py starts training, once B x T = 8 windows are held: 2 x (7 - 4 + 1).
+    fill(replay, Streams(2), 1)
+    assert replay.windows() == 4 and not replay.ready
+    fill(replay, Streams(2), 1)
+    assert replay.windows() == 6 and not replay.ready
+    fill(replay, Streams(2), 1)
+    assert replay.windows() == 8 and replay.ready
+
+
+# --- online queue ---
+
+
+def window_ids(batch: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """(stream, index of the first step) of each window of a batch, read off the synthetic `vector`."""
+    return [(int(s), int(t)) for s, t in batch["vector"][:, 0, :2]]
+
+
+def take_in_order(batches: list[list[tuple[int, int]]], arrivals: list[tuple[int, int]]) -> int:
+    """How many of `arrivals` lead the batches in order: each batch's first windows are the queued ones."""
+    taken = 0
+    for windows in batches:
+        for window in windows:
+            if taken == len(arrivals) or window != arrivals[taken]:
+                break
+            taken += 1
+    return taken
+
+
+@pytest.mark.parametrize("every", [1, 3, 10])
+def test_every_window_of_new_steps_is_trained_in_order_of_arrival(every):
+    T, steps = 4, 60
+    replay = Replay(SPEC, replay_config(capacity=400, batch_size=3, batch_length=T), 2, seed=1)
+    data, batches = Streams(2), []
+    for step in range(1, steps + 1):
+        replay.add(data.step())
+        if step % every == 0 and step >= T:
+            batches.append(window_ids(replay.sample()))
+    batches += [window_ids(replay.sample()) for _ in range(20)]  # the queue left at the end
+    # Each stream's steps tile into windows of T, queued as their last step arrives (stream 0 first).
+    arrivals = [(s, k * T) for k in range(steps // T) for s in range(2)]
+    assert take_in_order(batches, arrivals) == len(arrivals)
+
+
+def test_reports_leave_the_queue_and_online_false_draws_uniformly():
+    config = replay_config(capacity=400, batch_size=3, batch_length=4)
+    online, plain = (
+        Replay(SPEC, config, 1, seed=3),
+        Replay(SPEC, dataclasses.replace(config, online=False), 1, seed=3),
+    )
+    data = Streams(1)
+    for _ in range(8):
+        step = data.step()
+        online.add(step)
+        plain.add(step)
+    report = online.sample(online=False)
+    assert_same(report, plain.sample())  # uniform draws, the same as without a queue
+    assert window_ids(online.sample())[:2] == [(0, 0), (0, 4)]  # the queue is still there for training
+
+
+def test_online_queue_survives_a_checkpoint_round_trip(tmp_path):
+    config = replay_config(capacity=400, batch_size=3, batch_length=4)
+    replay = Replay(SPEC, config, 2, tmp_path, seed=2)
+    fill(replay, Streams(2), 18)  # 4 windows per stream queued, none taken
+    replay.sample()  # takes 3 of the 8
+    replay.flush()
+    state = through_checkpoint(replay.state_dict())
+    assert state["online"] == [[1, 4], [0, 8], [1, 8], [0, 12], [1, 12]]  # (stream, index on disk)
+    resumed = Replay(SPEC, config, 2, tmp_path, seed=0)
+    resumed.load_state_dict(state)
+    for _ in range(3):
+        assert_same(resumed.sample(), replay.sample())
+
+
+def test_windows_evicted_before_training_are_skipped():
+    replay = Replay(SPEC, replay_config(capacity=16, batch_size=2, batch_length=4), 1)
+    fill(replay, Streams(1), 24)  # queued 6 windows; the ring holds only the last 16 steps (4 windows)
+    assert window_ids(replay.sample()) == [(0, 8), (0, 12)]
+    assert window_ids(replay.sample()) == [(0, 16), (0, 20)]
 
 
 def test_memory_is_the_raw_size_of_a_step_and_images_stay_uint8():

@@ -48,22 +48,50 @@ def test_clock_zero_fires_always_negative_never():
 
 
 @pytest.mark.parametrize("ratio", [0.25, 1 / 3, 2.0, 0.7, 512 / 1024])
-def test_ratio_total_updates_are_floor_of_steps_times_ratio(ratio):
+def test_ratio_total_updates_are_one_plus_floor_of_later_steps_times_ratio(ratio):
     schedule = Ratio(ratio)
     total = 0
     for steps in range(1, 2001):
         total += schedule(1)
-        assert total == int(steps * ratio)
+        assert total == 1 + int((steps - 1) * ratio)
 
 
-def test_ratio_fractional_quarter_gives_every_fourth_step():
+def reference_ratio(ratio):
+    """The reference's `elements.when.Ratio`, called with the step counter after each step."""
+    prev = None
+
+    def due(step):
+        nonlocal prev
+        if prev is None:
+            prev = step
+            return 1
+        repeats = int((step - prev) * ratio)
+        prev += repeats / ratio
+        return repeats
+
+    return due
+
+
+@pytest.mark.parametrize("ratio", [0.25, 2.0, 0.5, 1 / 32])
+def test_ratio_gives_the_references_updates_step_by_step(ratio):
+    ours, theirs = Ratio(ratio), reference_ratio(ratio)
+    assert [ours(1) for _ in range(500)] == [theirs(step) for step in range(1, 501)]
+
+
+def test_ratio_fractional_quarter_starts_at_once_then_every_fourth_step():
     schedule = Ratio(0.25)
-    assert [schedule(1) for _ in range(8)] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert [schedule(1) for _ in range(9)] == [1, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_ratio_zero_never_trains():
+    schedule = Ratio(0.0)
+    assert sum(schedule(4) for _ in range(100)) == 0
 
 
 def test_ratio_with_several_envs_and_state_round_trip():
     a = Ratio(1.5)
-    assert [a(4) for _ in range(3)] == [6, 6, 6]
+    # 4 steps: 1 + floor(3 * 1.5); then 6 per 4 steps.
+    assert [a(4) for _ in range(3)] == [5, 6, 6]
     a(1)
     b = Ratio(1.5)
     b.load_state_dict(a.state_dict())

@@ -102,7 +102,7 @@ class StubAgent:
     def initial_policy_state(self, num_envs):
         return torch.zeros(num_envs)
 
-    def policy(self, obs, state, mode="train"):
+    def policy(self, obs, state, sample=True):
         action = np.zeros((len(obs["is_first"]), 2), np.float32)
         action[:, 0] = 1
         return action, state + 1
@@ -185,6 +185,57 @@ def test_eval_and_videos_with_an_image_env(tmp_path):
     assert any(n.startswith("report_openloop_image_") and n.endswith(".mp4") for n in videos)
     assert any(n.startswith("policy_episode_") for n in videos)
     assert any("report/openloop/vector_mse" in r for r in rows(tmp_path))
+
+
+@pytest.mark.parametrize("prefill", [0, 64])
+def test_training_starts_as_the_reference_or_after_a_random_prefill(tmp_path, prefill):
+    # debug: B x T = 4 x 8; the replay is ready with 32 windows of 1 + 8 steps (a context step first):
+    # after 40 steps of one env.
+    agent = StubAgent()  # its policy always takes action 0; the random prefill takes both
+    loop = train.build(config_for(tmp_path, steps=100, prefill=prefill), stub_factories(agent=agent))
+    acted, updated = [], []
+    policy, update = agent.policy, agent.train
+    agent.policy = lambda obs, state, sample=True: acted.append(loop.counters.step) or policy(obs, state)
+    agent.train = lambda batch, state: updated.append(loop.counters.step) or update(batch, state)
+    loop.run(StopFlag())
+    actions = loop.parts.replay.stream_data(0)["action"][:, 0]  # the action taken at each step
+    if prefill == 0:  # the untrained policy acts from the first step; the first update once ready
+        assert acted == list(range(100)) and (actions == 1).all()
+        assert updated[0] == 40 and len(updated) == 1 + (100 - 40) // 2
+    else:  # random actions for 64 steps, then the policy; the first update at once
+        assert acted == list(range(64, 100)) and 0 < actions[:64].mean() < 1 and (actions[64:] == 1).all()
+        assert updated[0] == 65 and len(updated) == 1 + (100 - 65) // 2
+
+
+class RecordingEnv(StubEnv):
+    """A StubEnv that keeps the actions it is given: [N, A] per step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actions = []
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        return super().step(action)
+
+
+@pytest.mark.parametrize("eval_policy", ["sample", "mode"])
+def test_evaluation_samples_actions_unless_configured_to_take_the_mode(tmp_path, eval_policy):
+    config = config_for(tmp_path, steps=0, eval_every=1000, eval_episodes=40, eval_policy=eval_policy)
+    make_env = lambda config, seed, num_envs=None: RecordingEnv(num_envs or 1)  # noqa: E731
+    loop = train.build(config, train.Factories(make_env=make_env))
+    head = loop.agent.ac.actor.net.net[-1]  # the real agent's policy, made to ignore the state
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.log(torch.tensor([0.7, 0.3])))
+    loop.evaluate()
+    actions = np.concatenate(loop.parts.eval_env.actions)  # 40 episodes of 11 steps
+    assert len(actions) == 440
+    if eval_policy == "mode":
+        assert (actions[:, 0] == 1).all()
+    else:  # frequencies of samples: 0.99 * 0.7 + 0.01 * 0.5, within 4 standard errors
+        expected = 0.99 * 0.7 + 0.005
+        assert abs(actions[:, 0].mean() - expected) < 4 * (expected * (1 - expected) / 440) ** 0.5
 
 
 def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
