@@ -746,3 +746,15 @@ def test_a_resume_restores_the_refreshed_latents_and_draws_the_same_batches(tmp_
         assert (held[s]["context/deter"][:, 2] > 0).any()  # some held steps were refreshed
         assert_same(resumed.stream_data(s), held[s])
     assert_same(resumed.sample(), expected)
+
+
+def test_online_windows_with_a_context_step_tile_the_trained_steps():
+    """Queued windows of 1 + T steps: the context step of each is the last trained step of the one before,
+    so every step after the first T of a stream is trained once through the queue."""
+    replay = Replay(CONTEXT_SPEC, replay_config(context=1, batch_size=1, online=True), 1, seed=0)
+    streams, trained = Streams(1), []
+    for _ in range(60):
+        replay.add(with_latent(streams.step()))
+        while replay._online:
+            trained.extend(replay.sample()["vector"][0, 1:, 1].astype(int).tolist())
+    assert trained == list(range(8, 56))
