@@ -1,0 +1,107 @@
+"""bench/reference.py, its pure parts only (no official install needed): curves from fake run folders,
+the CSV and PNG, the official flags and the settings-difference report, and skipping finished runs."""
+
+import argparse
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_reference", ROOT / "bench" / "reference.py")
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def fake_runs(out: Path) -> None:
+    """An official run resumed after a kill (its rows past step 40 superseded) and one of ours."""
+    official = reference.run_dir(out, "official", "cartpole", 0) / "episodes.jsonl"
+    write_jsonl(official, [
+        {"step": 20, "score": 20.0, "time": 60.0},
+        {"step": 50, "score": 30.0, "time": 70.0},  # logged after the checkpoint the resume starts from
+        {"step": 45, "score": 25.0, "time": 80.0},
+        {"step": 90, "score": 45.0, "time": 90.0},
+    ])  # fmt: skip
+    ours = reference.run_dir(out, "ours", "cartpole", 0) / "metrics.jsonl"
+    write_jsonl(ours, [
+        {"step": 100, "fps/policy": 50.0},  # 2 s
+        {"step": 200, "fps/policy": 25.0, "episode/return": 12.0},  # 4 s more
+        {"step": 300, "fps/policy": 10.0, "episode/return": float("nan")},  # 10 s more, no return
+        {"step": 400, "fps/policy": 100.0, "episode/return": 30.0},  # 1 s more
+    ])  # fmt: skip
+
+
+def test_curves_from_fake_runs_resume_and_rebuilt_seconds(tmp_path):
+    fake_runs(tmp_path)
+    curves = reference.collect_curves(tmp_path, ["cartpole"], [0])
+    ours = [(r["step"], r["seconds"], r["return"]) for r in curves if r["side"] == "ours"]
+    official = [(r["step"], r["seconds"], r["return"]) for r in curves if r["side"] == "official"]
+    assert ours == [(200, 6.0, 12.0), (400, 17.0, 30.0)]
+    assert official == [(20, 60.0, 20.0), (45, 80.0, 25.0), (90, 90.0, 45.0)]
+    assert reference.collect_curves(tmp_path, ["pendulum"], [0]) == []
+
+
+def test_report_writes_csv_png_and_settings(tmp_path, capsys):
+    fake_runs(tmp_path)
+    args = argparse.Namespace(tasks=["cartpole"], seeds=[0], configs=["small"], steps=3000)
+    reference.report(args, tmp_path, official=None)
+    with (tmp_path / "reference.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == reference.CURVE_FIELDS and len(rows) == 5
+    assert {r["side"] for r in rows} == {"ours", "official"}
+    assert (tmp_path / "reference.png").stat().st_size > 0
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["structural_differences"] == list(reference.STRUCTURAL_DIFFERENCES)
+    assert "--batch_length" in settings["official_flags"]
+    assert "differences no config key expresses" in capsys.readouterr().out
+
+
+def test_official_flags_carry_our_small_dims_and_batch_length_unchanged(tmp_path):
+    ours = reference.our_config(["cartpole", "small"], ["--seed", "2", "--run.steps", "3000"])
+    flags = reference.official_flags(ours, "cartpole", tmp_path)
+    value = dict(zip(flags[::2], flags[1::2], strict=True))  # flags come in (--key, value) pairs
+    assert value["--task"] == "gymnasium_CartPole-v1" and value["--seed"] == "2"
+    assert value["--batch_length"] == "32"  # trained steps per sequence on both sides
+    assert value["--agent.dyn.rssm.deter"] == "128" and value["--agent.dyn.rssm.classes"] == "8"
+    assert value["--agent.policy.units"] == "128" and value["--agent.opt.lr"] == "0.0003"
+    assert value["--run.train_ratio"] == "512.0" and value["--run.steps"] == "3000"
+
+
+def test_differences_name_exactly_the_settings_that_differ():
+    ours = reference.our_config(["cartpole", "small"], [])
+    official = {pair.official: reference.official_value(pair, ours) for pair in reference.KEY_PAIRS}
+    assert reference.differences(ours, official) == []
+    assert official["agent.retnorm.rate"] == 1.0 - ours["actor_critic.retnorm_decay"]
+    official["agent.opt.lr"] = 4e-5
+    official["agent.opt.eps"] = float(ours["optim.eps"]) * (1 + 1e-9)  # float rounding: the same
+    del official["agent.horizon"]
+    diffs = reference.differences(ours, official)
+    assert [(d["ours"], d["official_value"]) for d in diffs] == [
+        ("optim.lr", 4e-5),
+        ("actor_critic.discount_horizon", None),
+    ]
+    assert [d["ours"] for d in reference.differences(ours, official, ignore=("optim.lr",))] == [
+        "actor_critic.discount_horizon"
+    ]
+    text = reference.format_differences(diffs)
+    assert "optim.lr=0.0003  vs  agent.opt.lr=4e-05" in text
+    assert reference.STRUCTURAL_DIFFERENCES[0] in text
+
+
+def test_a_complete_run_is_skipped_and_an_unfinished_one_runs(tmp_path):
+    logdir = tmp_path / "cartpole" / "official" / "seed0"
+    skipped = reference.Run("official", "cartpole", 0, logdir, ["false"])
+    logdir.mkdir(parents=True)
+    reference.mark_complete(logdir, steps=3000, seconds=1.0)
+    assert reference.is_complete(logdir, 3000) and reference.execute(skipped, 3000) == 0
+    assert not reference.is_complete(logdir, 5000)  # a larger budget continues the run
+    assert reference.execute(skipped, 5000) == 1 and not reference.is_complete(logdir, 5000)
+    fresh = reference.Run("ours", "cartpole", 0, tmp_path / "fresh", ["true"])
+    assert not reference.is_complete(fresh.logdir, 3000)
+    assert reference.execute(fresh, 3000) == 0 and reference.is_complete(fresh.logdir, 3000)
+    assert fresh.logdir.with_suffix(".log").exists()
