@@ -276,6 +276,9 @@ def pinned(core: int, command: list[str]) -> list[str]:
 def run_pair(args: argparse.Namespace, out: Path, task: str, seed: int) -> list[Run]:
     """Our run and the official one of (task, seed), pinned to `args.core`."""
     presets, overrides = [task, *args.configs], ["--seed", str(seed), "--run.steps", str(args.steps)]
+    for setting in args.set:  # KEY=VALUE -> --KEY VALUE
+        key, _, value = setting.partition("=")
+        overrides += [f"--{key}", value]
     ours, official = run_dir(out, "ours", task, seed), run_dir(out, "official", task, seed)
     our_cmd = [sys.executable, str(ROOT / "train.py"), "--configs", *presets, *overrides]
     our_cmd += ["--logdir", str(ours), "--logger.wandb.mode", "disabled", "--run.threads", "1"]
@@ -472,6 +475,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3000, help="env steps per run")
     parser.add_argument("--configs", nargs="*", default=["small"], help="our presets after the task's")
     parser.add_argument("--only", choices=SIDES, default=None, help="run one side only")
+    parser.add_argument("--set", nargs="*", default=[], help="our overrides KEY=VALUE (run.prefill=0)")
     parser.add_argument("--out", default="bench/out/reference")
     parser.add_argument("--sizes", nargs="+", default=["size1m", "size12m"], help="presets to time")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds, sides alternating")
