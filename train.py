@@ -165,14 +165,17 @@ def on_rank_device(config: Config, world: World) -> Config:
 
 def setup_host(config: Config, announce: bool = True) -> None:
     """torch threads and, on a CPU run only, glibc's thresholds for freed memory (`run.keep_freed_memory`:
-    process-wide, so it is said in one line when `announce`)."""
+    process-wide, so it is said in one line when `announce`); on a CUDA run TF32 and cudnn's algorithm
+    search (`run.tf32`, `run.cudnn_benchmark`)."""
     from agent import resolve_device
-    from run.host import setup_cpu
+    from run.host import setup_cpu, setup_cuda
 
-    on_cpu = resolve_device(config.run.device).type == "cpu"
-    kept = setup_cpu(config.run.threads, config.run.keep_freed_memory and on_cpu)
+    device = resolve_device(config.run.device).type
+    kept = setup_cpu(config.run.threads, config.run.keep_freed_memory and device == "cpu")
     if kept and announce:
         print(KEEP_FREED_MEMORY_NOTE)
+    if device == "cuda":
+        setup_cuda(config.run.tf32, config.run.cudnn_benchmark)
 
 
 def find_start(config: Config, config_yaml: str, logdir: Path, world: World) -> Start:

@@ -421,6 +421,14 @@ class RunConfig:
     # ranks wait in the next all-reduce through a whole evaluation: NCCL's default of 10 minutes would
     # abort a long one.
     dist_timeout_s: float = bounded(3600.0, gt=0)
+    # On CUDA, float32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa products, float32
+    # accumulation; `torch.set_float32_matmul_precision("high")`, cudnn.allow_tf32), several times
+    # faster on Ampere and later. The reference computes in bfloat16 on GPUs, coarser still. No effect
+    # on a CPU or under bfloat16 autocast.
+    tf32: bool = True
+    # On CUDA, cudnn benchmarks its convolution algorithms for each new shape and keeps the fastest
+    # (`torch.backends.cudnn.benchmark`): the shapes of an update never change after the first.
+    cudnn_benchmark: bool = True
 
 
 # --- logger ---

@@ -1,4 +1,5 @@
-"""Process-wide CPU settings: torch's thread count and how the C allocator treats large blocks.
+"""Process-wide settings: torch's thread count and how the C allocator treats large blocks on a CPU run;
+TF32 and cudnn's algorithm search on a CUDA run (`setup_cuda`).
 
 An update allocates temporaries of tens to hundreds of MB (the imagined features are N(H+1) x F floats,
 the image activations B T x C x H x W). glibc serves every block above its mmap threshold with a fresh
@@ -39,3 +40,11 @@ def setup_cpu(threads: int, keep_memory: bool) -> bool:
     if threads > 0:
         torch.set_num_threads(threads)
     return keep_memory and keep_freed_memory()
+
+
+def setup_cuda(tf32: bool, benchmark: bool) -> None:
+    """float32 matmuls and convolutions in TF32 (`tf32`) and cudnn's per-shape algorithm search
+    (`benchmark`), process-wide; both stay off when False."""
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = benchmark

@@ -41,3 +41,36 @@ def test_keep_freed_memory_reuses_large_blocks():
     assert default >= 8 * 32
     # Kept, the freed block is reused: its pages are already mapped.
     assert kept < default / 10
+
+
+CUDA_FLAGS = """
+import torch
+from run.host import setup_cuda
+for tf32, benchmark in ((True, True), (False, False)):
+    setup_cuda(tf32, benchmark)
+    cudnn = torch.backends.cudnn
+    print(torch.get_float32_matmul_precision(), cudnn.allow_tf32, cudnn.benchmark)
+"""
+
+
+def test_setup_cuda_turns_tf32_and_the_cudnn_search_on_or_off():
+    out = subprocess.run([sys.executable, "-c", CUDA_FLAGS], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["high True True", "highest False False"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_cuda_run_applies_the_configured_cuda_settings_and_a_cpu_run_none(monkeypatch, device):
+    import torch
+
+    import agent
+    import run.host
+    import train
+    from configs.loader import load_config
+
+    calls = []
+    monkeypatch.setattr(agent, "resolve_device", lambda _: torch.device(device))
+    monkeypatch.setattr(run.host, "setup_cuda", lambda *args: calls.append(args))
+    monkeypatch.setattr(run.host, "setup_cpu", lambda *args: False)
+    config = load_config(["debug"], {"run": {"tf32": False, "cudnn_benchmark": True}})
+    train.setup_host(config, announce=False)
+    assert calls == ([(False, True)] if device == "cuda" else [])
