@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import make_agent  # noqa: E402
-from bench.update import ACT_SPACE, OBS_SPACES, sync, synthetic_batch  # noqa: E402
+from bench.update import ACT_SPACE, OBS_SPACES, config_batch, sync  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from run.distributed import init_world, rank_device  # noqa: E402
 from run.host import setup_cpu  # noqa: E402
@@ -54,8 +54,7 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
     if world.distributed:
         world.broadcast_modules(agent.wm, agent.ac)
         agent.data_parallel(world)
-    B, T = config.replay.batch_size, config.replay.batch_length
-    batch = synthetic_batch(OBS_SPACES[args.obs], B, T, seed=rank)
+    batch = config_batch(config, OBS_SPACES[args.obs], seed=rank)
     grads = [p for m in (agent.wm, agent.ac) for p in m.parameters()]
     state, times, reduce_times = None, [], []
     for i in range(args.warmup + args.repeats):
@@ -71,6 +70,7 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
         if i >= args.warmup:
             times.append(t1 - t0)
             reduce_times.append(t2 - t1)
+    B, T = config.replay.batch_size, config.replay.batch_length
     torch.save({"times": times, "reduce": reduce_times, "B": B, "T": T}, Path(out) / f"rank{rank}.pt")
     world.barrier()
     world.close()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nets.onehot  # noqa: E402
 from agent import make_agent  # noqa: E402
-from bench.update import ACT_SPACE, OBS_SPACES, synthetic_batch, timed_update  # noqa: E402
+from bench.update import ACT_SPACE, OBS_SPACES, config_batch, timed_update  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from run.host import setup_cpu  # noqa: E402
 
@@ -81,9 +81,7 @@ def measure(preset: str, obs: str, args) -> dict[str, float]:
     config = load_config(preset.split(","), {"run": {"device": "cpu", "precision": "float32"}})
     torch.manual_seed(0)
     agent = make_agent(config, OBS_SPACES[obs], ACT_SPACE)
-    data = agent.to_device(
-        synthetic_batch(OBS_SPACES[obs], config.replay.batch_size, config.replay.batch_length)
-    )
+    data = agent.to_device(config_batch(config, OBS_SPACES[obs]))
     runs: dict[str, list[float]] = {name: [] for name in args.variants}
     carry = None
     for _ in range(args.rounds):

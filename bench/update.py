@@ -42,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent import make_agent, resolve_device  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
+from replay.spec import CONTEXT  # noqa: E402
 from run.host import setup_cpu  # noqa: E402
+from world_model.rssm import latent_spec  # noqa: E402
 
 PARTS = ("world_model", "behavior", "backward", "optimizer")
 OBS_SPACES = {
@@ -67,6 +69,30 @@ def synthetic_batch(obs_space, B: int, T: int, seed: int = 0) -> dict[str, np.nd
             data[key] = rng.integers(0, 256, (B, T, *spec.shape), dtype=np.uint8)
         else:
             data[key] = rng.normal(size=(B, T, *spec.shape)).astype(np.float32)
+    return data
+
+
+def config_batch(config, obs_space, seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic batch as the config's replay samples it: `replay.context` steps before the
+    `batch_length` trained ones, each with a stored latent (deter uniform in [-1, 1], one-hot or normal
+    stoch) and a stepid."""
+    B, K = config.replay.batch_size, config.replay.context
+    L = K + config.replay.batch_length
+    data = synthetic_batch(obs_space, B, L, seed)
+    if not K:
+        return data
+    rng = np.random.default_rng(seed + 1)
+    data["stepid"] = np.arange(B * L).reshape(B, L)
+    for key, spec in latent_spec(config.world_model).items():
+        if key == "stoch" and len(spec.shape) == 2:
+            value = np.eye(spec.shape[1], dtype=np.float32)[
+                rng.integers(0, spec.shape[1], (B, L, spec.shape[0]))
+            ]
+        elif key == "stoch":
+            value = rng.normal(size=(B, L, *spec.shape)).astype(np.float32)
+        else:
+            value = rng.uniform(-1, 1, (B, L, *spec.shape)).astype(np.float32)
+        data[CONTEXT + key] = value
     return data
 
 
@@ -200,7 +226,7 @@ def bench(preset: str, obs: str, args) -> dict[str, float]:
     agent = make_agent(config, OBS_SPACES[obs], ACT_SPACE)
     if agent.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(agent.device)
-    data = agent.to_device(synthetic_batch(OBS_SPACES[obs], B, T))
+    data = agent.to_device(config_batch(config, OBS_SPACES[obs]))
     state, runs = None, []
     for i in range(args.warmup + args.repeats):
         times, state = timed_update(agent, data, state)

@@ -14,6 +14,7 @@ largest relative difference of the others. One thread, CPU, float32.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import make_agent  # noqa: E402
 from configs.loader import load_config  # noqa: E402
+from configs.schema import ReplayConfig  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
 
 VECTOR = {"vector": ArraySpec((4,), np.float32)}
@@ -69,6 +71,8 @@ def synthetic_batch(obs_space, act_space, B: int, T: int, seed: int = 0) -> dict
 def record(name: str, updates: int) -> list[dict[str, torch.Tensor]]:
     presets, obs_space, act_space, overrides = CASES[name]
     overrides = {**overrides, "run": {"device": "cpu", "precision": "float32"}}
+    if "context" in {f.name for f in dataclasses.fields(ReplayConfig)}:
+        overrides["replay"] = {"context": 0}  # the windows of commits before the stored latents
     if "dynamics" in name:
         overrides["actor_critic"] = {"grad": "dynamics"}
     config = load_config(presets, overrides)

@@ -47,3 +47,21 @@ def test_specs_remake_tensors_of_the_same_layout_and_replay_counts_repeats(monke
     clock = iter(range(1000))
     monkeypatch.setattr(update.time, "perf_counter", lambda: next(clock) / 1000)
     assert update.kernel_ms(recorder.calls, torch.device("cpu")) == pytest.approx(3.0)
+
+
+def test_the_synthetic_batch_is_what_the_replay_samples_and_the_agent_trains_on():
+    from agent import make_agent
+    from configs.loader import load_config
+
+    for context in (0, 1):
+        config = load_config(["debug"], {"replay": {"context": context}})
+        obs = update.OBS_SPACES["vector"]
+        data = update.config_batch(config, obs)
+        B, T = config.replay.batch_size, config.replay.batch_length
+        assert data["vector"].shape == (B, context + T, 4) and ("stepid" in data) == bool(context)
+        if context:
+            assert data["context/deter"].shape == (B, 1 + T, 32)
+            assert (data["context/stoch"].sum(-1) == 1).all()  # one-hot
+        agent = make_agent(config, obs, update.ACT_SPACE)
+        times, _ = update.timed_update(agent, agent.to_device(data), None)
+        assert set(times) == {*update.PARTS, "total"} and all(t > 0 for t in times.values())
