@@ -1,14 +1,16 @@
 """`run.precision`: the autocast dtype of the forward passes, and what `auto` picks on this machine.
 
 `auto` computes in bfloat16 where the device does so natively and in float32 elsewhere: bf16 autocast on
-a CPU without bf16 instructions is emulated and ~90x slower than fp32 (about 1 GFLOP/s on an AVX2-only
-EPYC), while a CPU with AMX computes bf16 matmuls ~3x faster than fp32. Parameters, optimizer states and
-loss reductions stay float32 under either dtype, so checkpoints do not depend on the precision.
+a CPU without bf16 instructions is emulated and ~90x slower than fp32 (1-thread matmuls measured on an
+AVX2-only EPYC: ~1 against ~90 GFLOP/s), while a Xeon with AMX computes bf16 matmuls ~3x faster than fp32.
+Parameters, optimizer states and loss reductions stay float32 under either dtype, so checkpoints do not
+depend on the precision.
 
-`choose_precision` is the rule, a pure function of the device and the hardware facts; `resolve_precision`
-gathers those facts on this machine. train.py resolves `auto` once at start, says the choice in one line
-and saves the resolved value in the run's config.yaml; `make_agent` resolves it for every other builder
-(evaluate.py, the bench scripts), so an Agent only ever gets a concrete precision.
+`choose_precision` is the rule, a pure function of the device and the hardware facts; `auto_precision`
+gathers those facts on this machine and `resolve_precision` keeps an explicit value. train.py resolves
+`auto` once at start, says the choice in one line and saves the resolved value in the run's config.yaml;
+`make_agent` resolves it for every other builder (evaluate.py, the bench scripts), so an Agent only ever
+gets a concrete precision.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def choose_precision(device_type: str, cpu_flags: frozenset[str], cuda_bf16: boo
     if device_type == "cuda":
         if cuda_bf16:
             return Choice("bfloat16", "this CUDA device computes bfloat16 natively")
-        return Choice("float32", "this CUDA device has no native bfloat16 (compute capability below 8.0)")
+        return Choice("float32", "this CUDA device has no native bfloat16 (before compute capability 8.0)")
     native = " / ".join(flag for flag in BF16_CPU_FLAGS if flag in cpu_flags)
     if native:
         return Choice("bfloat16", f"this CPU computes bfloat16 natively ({native} in {CPUINFO})")

@@ -411,10 +411,11 @@ class RunConfig:
     # temporary of an update is otherwise page-faulted in anew. The process keeps its peak heap.
     keep_freed_memory: bool = True
     # Autocast dtype of the model forward passes; parameters, optimizer states and loss reductions stay
-    # float32 either way. "auto": bfloat16 where the device computes it natively (CUDA with
-    # `torch.cuda.is_bf16_supported()`, a CPU with amx_bf16 or avx512_bf16), float32 elsewhere, where
-    # bf16 is emulated and slower; a run says its choice in one line and saves it in config.yaml. The
-    # reference computes in bf16 (dreamerv3/configs.yaml `jax.compute_dtype: bfloat16`), on GPUs.
+    # float32 either way. "auto": bfloat16 where the device computes it natively (a CUDA GPU for which
+    # `torch.cuda.is_bf16_supported(including_emulation=False)`, a CPU with amx_bf16 or avx512_bf16 in
+    # /proc/cpuinfo), float32 elsewhere, where bf16 is emulated and slower; a run says its choice in one
+    # line and saves the resolved value in config.yaml. The reference computes in bf16 by default
+    # (dreamerv3/configs.yaml `jax.compute_dtype: bfloat16`, with `jax.platform: cuda`).
     precision: Precision = "auto"
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
     # continue heads); where compilation fails they run eagerly. Costs ~30 s of compilation at the start.
