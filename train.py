@@ -128,7 +128,7 @@ def build(config: Config, factories: Factories | None = None, world: World | Non
 
     factories = with_real_parts(factories)
     world = world or World()
-    config = on_rank_device(config, world)
+    config = with_precision(on_rank_device(config, world), announce=world.is_main)
     logdir = prepare_logdir(config.logdir)
     setup_host(config, announce=world.is_main)
     config_yaml = to_yaml(config)
@@ -161,6 +161,22 @@ def on_rank_device(config: Config, world: World) -> Config:
 
     device = rank_device(config.run.device, world)
     return dataclasses.replace(config, run=dataclasses.replace(config.run, device=device))
+
+
+def with_precision(config: Config, announce: bool = True) -> Config:
+    """The config with `run.precision: auto` resolved for its device (agent/precision.py), the choice and
+    its reason said in one line when `announce`; an explicit precision is kept. The saved config.yaml
+    holds the resolved value, which a resume keeps unless `--run.precision` overrides it: checkpoints
+    hold float32 weights and optimizer states, so a run resumes in either precision."""
+    if config.run.precision != "auto":
+        return config
+    from agent import resolve_device
+    from agent.precision import auto_precision
+
+    choice = auto_precision(resolve_device(config.run.device))
+    if announce:
+        print(choice.line())
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, precision=choice.precision))
 
 
 def setup_host(config: Config, announce: bool = True) -> None:

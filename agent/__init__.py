@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from agent.agent import Agent
+from agent.precision import resolve_precision
 from configs.schema import Config
 from envs.spaces import ActionSpace, ArraySpec
 
@@ -27,16 +28,19 @@ def resolve_device(name: str) -> torch.device:
 def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: ActionSpace) -> Agent:
     """Build the Agent from the root config (the one place in agent/ that sees it).
 
-    The continuation discount 1 - 1/actor_critic.discount_horizon is computed inside the Agent.
+    The continuation discount 1 - 1/actor_critic.discount_horizon is computed inside the Agent;
+    `run.precision: auto` is resolved here for the device (train.py has resolved it already, so that
+    its config.yaml holds the value used).
     """
+    device = resolve_device(config.run.device)
     return Agent(
         config.world_model,
         config.actor_critic,
         config.optim,
         obs_space,
         act_space,
-        resolve_device(config.run.device),
-        config.run.precision,
+        device,
+        resolve_precision(config.run.precision, device),
         config.run.compile,
         config.replay.context,
     )

@@ -20,16 +20,15 @@ from torch import Tensor
 
 from agent.actor_critic import Acting, ActorCritic, Imagination, exact_action, frozen, imag_cont
 from agent.optim import Optimizer
+from agent.precision import AUTOCAST
 from agent.returns import RetStats
-from configs.schema import PRECISIONS, ActorCriticConfig, OptimConfig, WorldModelConfig
+from configs.schema import ActorCriticConfig, OptimConfig, WorldModelConfig
 from envs.spaces import ActionSpace, ArraySpec
 from replay.spec import CONTEXT
 from world_model.heads import make_bins
 from world_model.rssm import RSSMState
 from world_model.world_model import WorldModel
 
-# The autocast dtype of each `run.precision` (float32: no autocast).
-AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
 # Open-loop reports: posterior context steps (as in the reference's report) and sequences shown.
 OPENLOOP_CONTEXT = 5
 OPENLOOP_SEQUENCES = 4
@@ -75,7 +74,8 @@ class Agent:
         obs_space: observation key -> ArraySpec.
         act_space: the agent-side action space.
         device: where the modules live and the updates run.
-        precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32).
+        precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32); never
+            "auto", which `make_agent` resolves (agent/precision.py).
         compile: torch.compile the MLPs that run on all N(H+1) imagined states (`compile_heads`).
         context: context steps before each replayed window (`replay.context`): the window starts from
             the latent stored at its last context step (keys `context/*`), with the action taken there.
@@ -94,8 +94,11 @@ class Agent:
         compile: bool = False,
         context: int = 0,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in AUTOCAST:
+            raise ValueError(
+                f"run.precision must be one of {tuple(AUTOCAST)} ('auto' is resolved by make_agent), "
+                f"got {precision!r}"
+            )
         self.device = torch.device(device)
         self.precision = precision
         self.context = context

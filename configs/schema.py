@@ -357,8 +357,8 @@ class OptimConfig:
 # Device: "auto" (cuda when available), "cpu", "cuda" or "cuda:<n>"; a regular expression, not a
 # Literal, because of the device index.
 DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
-# Autocast precision of the model forward passes.
-Precision = Literal["float32", "bfloat16"]
+# Autocast precision of the model forward passes; "auto" is resolved per device (agent/precision.py).
+Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Evaluation actions: samples of the policy (as the reference, whose `policy` samples in every mode) or
 # the distribution's mode.
@@ -410,8 +410,13 @@ class RunConfig:
     # Keep large freed CPU blocks mapped for reuse instead of unmapping them (glibc): every big
     # temporary of an update is otherwise page-faulted in anew. The process keeps its peak heap.
     keep_freed_memory: bool = True
-    # "float32" or "bfloat16" autocast for the model forward passes.
-    precision: Precision = "float32"
+    # Autocast dtype of the model forward passes; parameters, optimizer states and loss reductions stay
+    # float32 either way. "auto": bfloat16 where the device computes it natively (a CUDA GPU for which
+    # `torch.cuda.is_bf16_supported(including_emulation=False)`, a CPU with amx_bf16 or avx512_bf16 in
+    # /proc/cpuinfo), float32 elsewhere, where bf16 is emulated and slower; a run says its choice in one
+    # line and saves the resolved value in config.yaml. The reference computes in bf16 by default
+    # (dreamerv3/configs.yaml `jax.compute_dtype: bfloat16`, with `jax.platform: cuda`).
+    precision: Precision = "auto"
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
     # continue heads); where compilation fails they run eagerly. Costs ~30 s of compilation at the start.
     compile: bool = False

@@ -210,7 +210,10 @@ def test_help_lists_presets_and_groups():
             {"world_model": {"latent": "beta"}},
             "world_model.latent must be one of categorical, gaussian; got 'beta'",
         ),
-        ({"run": {"precision": "float16"}}, "run.precision must be one of float32, bfloat16; got 'float16'"),
+        (
+            {"run": {"precision": "float16"}},
+            "run.precision must be one of auto, float32, bfloat16; got 'float16'",
+        ),
         ({"optim": {"kind": "sgd"}}, "optim.kind must be one of laprop, adam; got 'sgd'"),
         ({"env": {"obs": 3}}, "env.obs must be one of state, pixels, both; got 3"),
         ({"logger": {"wandb": {"mode": "on"}}}, "logger.wandb.mode must be one of online, offline, disabled"),

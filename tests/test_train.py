@@ -525,9 +525,9 @@ def on_meta(config, obs_space, act_space):
     mixing them with CPU tensors raises the device errors CUDA raises."""
     from agent import make_agent
 
-    return make_agent(
-        dataclasses.replace(config, run=dataclasses.replace(config.run, device="meta")), obs_space, act_space
-    )
+    # Autocast has no meta backend: float32 whatever `auto` chose for the CPU.
+    run = dataclasses.replace(config.run, device="meta", precision="float32")
+    return make_agent(dataclasses.replace(config, run=run), obs_space, act_space)
 
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
@@ -568,6 +568,51 @@ def test_from_checkpoint_initializes_weights_only(tmp_path):
     loop = train.build(config)
     assert loop.counters.step == 0 and len(loop.parts.replay) == 0
     assert_same(loop.agent.state_dict(), load(source)["agent"])
+
+
+def floating_dtypes(state) -> set[torch.dtype]:
+    """The dtypes of the floating-point tensors in a nested state dict."""
+    if isinstance(state, torch.Tensor):
+        return {state.dtype} if state.is_floating_point() else set()
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
+    return set().union(*map(floating_dtypes, values))
+
+
+@pytest.mark.parametrize(
+    "flags, expected, reason",
+    [
+        ({"avx2"}, "float32", "this CPU has no native bfloat16 (no amx_bf16 / avx512_bf16 in /proc/cpuinfo)"),
+        ({"avx2", "amx_bf16"}, "bfloat16", "this CPU computes bfloat16 natively (amx_bf16 in /proc/cpuinfo)"),
+    ],
+)
+def test_auto_precision_is_said_once_and_saved(tmp_path, monkeypatch, capsys, flags, expected, reason):
+    monkeypatch.setattr("agent.precision.cpu_flags", lambda: frozenset(flags))
+    config = config_for(tmp_path, device="cpu")
+    assert config.run.precision == "auto"
+    loop = train.build(config)
+    out = capsys.readouterr().out
+    assert out.count("run.precision") == 1 and f"run.precision auto -> {expected}: {reason}\n" in out
+    assert loop.agent.precision == expected
+    assert load_config(base=tmp_path / "config.yaml").run.precision == expected
+
+
+def test_a_bfloat16_run_resumes_in_float32_and_back(tmp_path):
+    train.build(config_for(tmp_path, steps=70, precision="bfloat16")).run(StopFlag())
+    saved = load(tmp_path)
+    # Weights and optimizer states are float32 whatever the autocast dtype: the checkpoint has no precision.
+    assert floating_dtypes(saved["agent"]) == {torch.float32}
+    fp32 = train.build(config_for(tmp_path, steps=80, precision="float32"))
+    assert fp32.agent.precision == "float32" and fp32.counters.step == 70
+    assert_same(fp32.agent.state_dict(), saved["agent"])
+    fp32.run(StopFlag())
+    assert load_config(base=tmp_path / "config.yaml").run.precision == "float32"
+    back = train.build(config_for(tmp_path, steps=90, precision="bfloat16"))
+    assert back.agent.precision == "bfloat16" and back.counters.step == 80
+    updates = back.counters.updates
+    back.run(StopFlag())
+    assert back.counters.step == 90 and back.counters.updates > updates > 0
+    losses = [r["train/loss/total"] for r in rows(tmp_path) if "train/loss/total" in r and r["step"] > 80]
+    assert len(losses) >= 3 and np.all(np.isfinite(losses))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
