@@ -82,8 +82,7 @@ def test_explicit_precisions_are_kept_and_auto_follows_the_cpu_flags(monkeypatch
 
 def test_make_agent_resolves_auto_so_an_agent_never_sees_it(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)
-    config = load_config(["debug"], {"run": {"device": "cpu"}})
-    assert config.run.precision == "auto"
+    config = load_config(["debug"], {"run": {"device": "cpu", "precision": "auto"}})
     agent = make_agent(config, SPACE, ACT)
     assert agent.precision == "float32"
 
