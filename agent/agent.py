@@ -123,10 +123,8 @@ class Agent:
         """torch.compile (in place: names and state dicts stay the same) the MLPs that run on every
         imagined state, where most of an update's time goes. The recurrent step stays eager (compiling
         it gained nothing on CPU), and so do the encoder and decoder (compiled, their backward pass was
-        slower on CPU). A module whose compilation fails falls back to eager execution."""
-        import torch._dynamo
-
-        torch._dynamo.config.suppress_errors = True
+        slower on CPU). A compilation failure raises at the first call: no silent fall back to eager
+        execution, whose speed would differ from the one asked for."""
         heads = (
             self.ac.actor.net,
             self.ac.critic.net,

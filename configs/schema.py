@@ -418,7 +418,8 @@ class RunConfig:
     # (dreamerv3/configs.yaml `jax.compute_dtype: bfloat16`, with `jax.platform: cuda`).
     precision: Precision = "auto"
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
-    # continue heads); where compilation fails they run eagerly. Costs ~30 s of compilation at the start.
+    # continue heads); a compilation failure stops the run with torch's error. Costs ~30 s of compilation
+    # at the start.
     compile: bool = False
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
     dist_backend: DistBackend = "auto"

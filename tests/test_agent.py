@@ -442,3 +442,12 @@ def test_a_window_starts_from_the_latent_stored_at_its_context_step():
     assert (out.replay["context/deter"][:, 0] - from_zero).abs().max() > 0.01
     with pytest.raises(KeyError, match="context/deter"):
         agent.loss({k: v for k, v in data.items() if k != "context/deter"}, None)
+
+
+def test_compiling_leaves_compilation_errors_loud():
+    """run.compile must not turn on dynamo's process-wide `suppress_errors`: a failure would then run the
+    module eagerly, at a speed other than the one asked for, with only a log line to say so."""
+    import torch._dynamo
+
+    make(overrides={"run": {"compile": True}})
+    assert torch._dynamo.config.suppress_errors is False
