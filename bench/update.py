@@ -101,36 +101,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Stopwatch:
+    """Marks the seams of an update. On CUDA each mark records an event on the stream, so the kernels
+    queue as in a real update and their GPU time is what is measured (one synchronization at the end);
+    elsewhere a mark is the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, object] = {}
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            self.marks[name] = torch.cuda.Event(enable_timing=True)
+            self.marks[name].record()
+        else:
+            self.marks[name] = time.perf_counter()
+
+    def seconds(self, start: str, end: str) -> float:
+        if self.cuda:
+            self.marks[end].synchronize()
+            return self.marks[start].elapsed_time(self.marks[end]) / 1000
+        return self.marks[end] - self.marks[start]
+
+
 def timed_update(agent, data, carry) -> tuple[dict[str, float], object]:
     """One update as `Agent.train` runs it, split at its seams: the world-model terms (timed where
     `Agent.loss` gets them back), the behaviour terms (the rest of `Agent.loss`), the backward pass, the
     optimizer step; seconds per part."""
-    times, device = {}, agent.device
+    watch = Stopwatch(agent.device)
     world_model_loss = agent.wm.loss
 
     def timed_world_model_loss(*args):
         out = world_model_loss(*args)
-        sync(device)
-        times["world_model_end"] = time.perf_counter()
+        watch.mark("world_model")
         return out
 
     agent.wm.loss = timed_world_model_loss
-    sync(device)
-    t0 = time.perf_counter()
+    sync(agent.device)
+    watch.mark("start")
     with agent._autocast():
         total, out = agent.loss(data, carry)
-    sync(device)
-    t1 = time.perf_counter()
+    watch.mark("behavior")
     total = agent.backward(total)
-    sync(device)
-    t2 = time.perf_counter()
+    watch.mark("backward")
     agent.step(total, out.retstats)
-    sync(device)
-    t3 = time.perf_counter()
+    watch.mark("optimizer")
     del agent.wm.loss  # the instance attribute goes; the method is back
-    t_wm = times.pop("world_model_end")
-    times.update(world_model=t_wm - t0, behavior=t1 - t_wm, backward=t2 - t1, optimizer=t3 - t2)
-    times["total"] = t3 - t0
+    seams = ("start", *PARTS)
+    times = {part: watch.seconds(a, part) for a, part in zip(seams[:-1], seams[1:], strict=True)}
+    times["total"] = watch.seconds("start", "optimizer")
     return times, out.carry
 
 
