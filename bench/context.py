@@ -8,8 +8,8 @@ run's replay started three ways (`replay.context`):
     python bench/context.py --logdir runs/cartpole [--batches 20] [--length 32]
 
 Prints the KL at the window's first step, its mean over the first 8 and over all steps, and the distance of
-the deterministic state from the stored start's at steps 0, 4, 8 and 16. The stored latents are those of
-the chunk files (the policy's, or a later training step's where the chunk was written after it).
+the deterministic state from the stored start's at steps 0, 4, 8 and 16. The stored latents are those the
+run held at its last checkpoint (refreshed by its updates; `load_dataset` reads them).
 """
 
 from __future__ import annotations

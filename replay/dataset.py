@@ -22,6 +22,7 @@ from configs.schema import ReplayConfig
 from envs.spaces import ArraySpec
 from replay import chunks
 from replay.chunks import ChunkError, ChunkFile
+from replay.persistence import latents_path
 from replay.replay import Replay
 
 
@@ -42,7 +43,13 @@ def load_dataset(
         raise FileNotFoundError(f"offline dataset folder {directory} does not exist")
     # Chunk folders one level down count too: a data-parallel run keeps one shard per rank (`rank<r>/`).
     folders = [directory, *sorted(p for p in directory.iterdir() if p.is_dir())]
-    streams = [chunks.current(files) for folder in folders for files in chunks.list_chunks(folder).values()]
+    # (folder, stream there, its files); the latents a run refreshed after writing its chunks are beside them.
+    sources = [
+        (folder, s, chunks.current(files))
+        for folder in folders
+        for s, files in chunks.list_chunks(folder).items()
+    ]
+    streams = [files for _, _, files in sources]
     episodes = sorted(p for p in directory.glob("*.npz") if chunks.parse(p) is None)
     if not streams and not episodes:
         raise FileNotFoundError(f"no chunk or episode .npz files in {directory}")
@@ -52,8 +59,9 @@ def load_dataset(
     if episodes:
         lengths.append(sum(_npz_length(p) for p in episodes))
     replay = Replay(spec, _sized(config, lengths, directory), len(lengths), None, seed)
-    for stream, files in enumerate(streams):
+    for stream, (folder, original, files) in enumerate(sources):
         replay.load_files(stream, files)
+        replay.load_latents(stream, latents_path(folder, original))
     if episodes:
         files = [ChunkFile(path, len(streams), index, 0) for index, path in enumerate(episodes)]
         replay.load_files(len(streams), files, episodes=True)

@@ -83,23 +83,19 @@ class Persistence:
         cuts = [start, *(start + 1 + np.flatnonzero(np.diff(disk) != 1)).tolist(), stop]
         return [(a, self._write(stream, a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
-    def _latents_path(self, stream: int) -> Path:
-        return self.directory / "context" / f"{stream:04d}.npz"
-
     def _save_latents(self, stream: int) -> None:
         """Write the current latent of every step the stream holds, with their indices on disk."""
         count, stored = int(self._count[stream]), int(self._stored[stream])
         slots = np.arange(count - stored, count) % self.stream_capacity
         data = {key: self._data[key][stream, slots] for key in self._latent}
-        path = self._latents_path(stream)
+        path = latents_path(self.directory, stream)
         path.parent.mkdir(exist_ok=True)
         write_atomic(path, lambda f: np.savez(f, disk=self._held_disk(stream), **data))
 
-    def _load_latents(self, stream: int) -> None:
-        """Put back the latents `flush` wrote for the held steps it covers (the chunks' copies stay for
-        the others); an unreadable file is skipped with a warning."""
-        path = self._latents_path(stream)
-        if not path.exists():
+    def load_latents(self, stream: int, path: Path) -> None:
+        """Put back the latents `flush` wrote to `path` (`latents_path`) for the held steps of `stream` it
+        covers (the chunks' copies stay for the others); an unreadable file is skipped with a warning."""
+        if not self._latent or not path.exists():
             return
         try:
             saved = chunks.read_arrays(path, ["disk", *self._latent])
@@ -223,8 +219,8 @@ class Persistence:
                 self._cut_files(stream, end)
             self._next[stream] = end  # no file reaches past it any more
             self._break[stream] = self._follows_a_gap(stream)
-            if self._latent and self.directory is not None:
-                self._load_latents(stream)
+            if self.directory is not None:
+                self.load_latents(stream, latents_path(self.directory, stream))
         if self.directory is not None:
             self._release = self._oldest_disk()
         self._online = self._restore_online(state.get("online", []))  # absent before the online queue
@@ -289,6 +285,11 @@ class Persistence:
         if pieces and len(held) and pieces[-1].stop != limit:
             self._data["is_first"][stream, (self._count[stream] - len(held)) % self.stream_capacity] = True
         self._prepend(stream, pieces)
+
+
+def latents_path(directory: Path, stream: int) -> Path:
+    """Where `flush` writes the current latents of a stream's held steps."""
+    return directory / "context" / f"{stream:04d}.npz"
 
 
 def _encode_ints(obj):

@@ -758,3 +758,20 @@ def test_online_windows_with_a_context_step_tile_the_trained_steps():
         while replay._online:
             trained.extend(replay.sample()["vector"][0, 1:, 1].astype(int).tolist())
     assert trained == list(range(8, 56))
+
+
+def test_an_offline_dataset_holds_the_latents_refreshed_after_their_chunks_were_written(tmp_path):
+    config = replay_config(capacity=64, chunk_size=16, context=1)
+    replay = Replay(CONTEXT_SPEC, config, 2, tmp_path, seed=1)
+    streams = Streams(2)
+    for _ in range(40):
+        replay.add(with_latent(streams.step()))
+    batch = replay.sample()
+    replay.update({"stepid": batch["stepid"], "context/deter": np.full((*batch["stepid"].shape, 5), 9.0)})
+    replay.flush()
+    dataset = load_dataset(tmp_path, CONTEXT_SPEC, config)
+    for s in range(2):
+        assert_same(dataset.stream_data(s), replay.stream_data(s))
+    assert (dataset.stream_data(0)["context/deter"] == 9.0).any() or (
+        dataset.stream_data(1)["context/deter"] == 9.0
+    ).any()
