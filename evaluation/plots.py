@@ -73,9 +73,10 @@ def plot_bounds(sweep: dict, path: Path) -> Path:
         if f"seconds/{name}" in sweep:
             label = "ELBO + importance-weighted" if name == "iw" else BOUND_STYLE[name][0]
             axes[2].plot(k, sweep[f"seconds/{name}"], BOUND_STYLE[name][1], label=label)
-    axes[2].set(xlabel="K (samples / particles)", ylabel="seconds", title="Time per evaluation pass")
+    axes[2].set(xlabel="K (samples / particles)", ylabel="seconds", title="Time over all sequences")
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(k, [str(v) for v in k])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
