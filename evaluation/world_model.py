@@ -124,8 +124,7 @@ def bound_sweep(
     (the fraction of steps at which the particles were resampled, with `smc`); `seconds/iw` (one pass
     gives the ELBO and the iw bound), `seconds/smc`.
     """
-    unknown = sorted(set(bounds) - set(BOUNDS))
-    if unknown or not bounds:
+    if not bounds or not set(bounds) <= set(BOUNDS):
         raise ValueError(f"bounds must be among {BOUNDS}; got {bounds}")
     device = next(world_model.parameters()).device
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(ks))
