@@ -1,16 +1,19 @@
 """Evaluate a checkpoint: policy rollouts in the real env and the world model against reality.
 
     python evaluate.py --logdir RUN [--checkpoint PATH|all] [--episodes N] [--modes sample,mode]
-                       [--context C] [--openloop-steps H] [--samples K] [--dataset DIR] [--wandb [MODE]]
-                       [--env.* / other dotted config overrides]
+                       [--context C] [--openloop-steps H] [--samples K [K ...]] [--bounds elbo iw smc]
+                       [--resampler systematic|multinomial] [--ess-threshold F] [--dataset DIR]
+                       [--wandb [MODE]] [--env.* / other dotted config overrides]
     python evaluate.py --compare RUN [RUN ...] [--out DIR]
 
 Writes into `<RUN>/eval` (or `--out`, e.g. for a run folder that cannot be written): `summary.json`
 (return and length statistics per policy mode: `sample` draws actions from the policy, as the
 reference evaluates; `mode` takes the distribution's mode), `episodes.csv` (one row per episode),
-`world_model.json` (ELBO, rate, distortion, K-sample bound, reward / continuation errors, open-loop
-error per imagined step), `plots/*.png` and `videos/` (`policy_<i>`: what the env renders, else its
-image observation; `episode_<i>`: an image observation beside the model's reconstruction).
+`world_model.json` (ELBO, rate, distortion, K-sample bound at the largest K, reward / continuation
+errors, open-loop error per imagined step; under `bounds`, the ELBO, importance-weighted and particle
+bounds in nats per step for each K of `--samples`, their gaps above the ELBO and their seconds),
+`plots/*.png` (`bounds.png`: the bounds per K) and `videos/` (`policy_<i>`: what the env renders, else
+its image observation; `episode_<i>`: an image observation beside the model's reconstruction).
 The config is the checkpoint's own, with the overrides applied; eval envs are seeded from
 `seed + EVAL_SEED_OFFSET` (`--seed` changes it), apart from the training envs' seeds.
 Checkpoints follow train.py's rules: with a run folder, an unreadable newest checkpoint is reported and
@@ -51,7 +54,9 @@ from evaluation.policy import (
     reconstruction_video,
 )
 from evaluation.world_model import (
+    BOUNDS,
     bound_metrics,
+    bound_sweep,
     episode_batches,
     episode_windows,
     open_loop_errors,
@@ -64,6 +69,7 @@ from run.seeding import seed_everything
 from run.video import write_video
 from train import EVAL_SEED_OFFSET, setup_host
 from util.files import cannot_write
+from world_model.elbo import RESAMPLERS
 
 PROG = "evaluate.py"
 # Open-loop windows cut from the evaluation episodes, at most.
@@ -96,7 +102,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=1, help="episodes recorded as videos (default 1)")
     p.add_argument("--context", type=int, default=5, help="open-loop context steps (default 5)")
     p.add_argument("--openloop-steps", type=int, default=10, help="open-loop imagined steps (default 10)")
-    p.add_argument("--samples", type=int, default=16, help="K of the importance-weighted bound (default 16)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[1, 4, 16, 64],
+        help="K of the bounds, one or more (default 1 4 16 64); the largest also for the `bound` summary",
+    )
+    p.add_argument(
+        "--bounds",
+        nargs="+",
+        default=list(BOUNDS),
+        help="bounds per K: elbo, iw (K whole trajectories), smc (K particles, resampled); default all",
+    )
+    p.add_argument("--resampler", default="systematic", help="particle resampling: systematic, multinomial")
+    p.add_argument(
+        "--ess-threshold",
+        type=float,
+        default=0.5,
+        help="resample the particles when their effective sample size is at most this fraction of K "
+        "(default 0.5; 1: every step, 0: never)",
+    )
     p.add_argument("--dataset", help="score the world model on this folder of saved episodes / chunks")
     p.add_argument("--batches", type=int, default=4, help="batches drawn from --dataset (default 4)")
     p.add_argument("--seed", type=int, help="first eval env seed (default: config seed + EVAL_SEED_OFFSET)")
@@ -114,9 +140,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     if modes is not None and (not modes or any(m not in EVAL_POLICIES for m in modes)):
         allowed = " and/or ".join(EVAL_POLICIES)
         raise ConfigError(f"--modes takes {allowed} (comma separated); got '{args.modes}'")
-    for name in ("episodes", "context", "openloop_steps", "samples", "batches"):
+    for name in ("episodes", "context", "openloop_steps", "batches"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if any(b not in BOUNDS for b in args.bounds):
+        raise ConfigError(f"--bounds takes {', '.join(BOUNDS)}; got {' '.join(args.bounds)}")
+    if args.resampler not in RESAMPLERS:
+        raise ConfigError(f"--resampler takes {' or '.join(RESAMPLERS)}; got '{args.resampler}'")
+    if min(args.samples) < 1:
+        raise ConfigError(f"--samples must be >= 1; got {' '.join(map(str, args.samples))}")
+    if not 0.0 <= args.ess_threshold <= 1.0:
+        raise ConfigError(f"--ess-threshold must be in [0, 1]; got {args.ess_threshold}")
     if args.videos < 0:
         raise ConfigError(f"--videos must be >= 0; got {args.videos}")
     if not args.compare and not args.logdir and not args.checkpoint:
@@ -220,9 +254,12 @@ def world_model_data(agent: Any, config: Config, episodes: list[Episode], args: 
 
 
 def evaluate_world_model(agent: Any, batches: list, window: Any, args: argparse.Namespace, out: Path) -> dict:
-    """Bound metrics and open-loop errors; writes the open-loop plots."""
+    """Bound metrics, the bounds per K and open-loop errors; writes their plots."""
     wm = agent.wm
-    result: dict[str, Any] = {"bound": bound_metrics(wm, batches, args.samples), "open_loop": None}
+    result: dict[str, Any] = {"bound": bound_metrics(wm, batches, max(args.samples)), "open_loop": None}
+    ks = sorted(set(args.samples))
+    result["bounds"] = bound_sweep(wm, batches, ks, args.bounds, args.resampler, args.ess_threshold)
+    eval_plots.plot_bounds(result["bounds"], out / "plots" / "bounds.png")
     if window is None:
         print(f"open loop: no episode has {args.context + args.openloop_steps} steps; skipped")
         return result
@@ -321,6 +358,19 @@ def print_summary(summary: dict, wm: dict) -> None:
         f"distortion {b['distortion']:.3f}), "
         f"iwae K={int(b['k'])} {b['iwae']:.3f} (gap {b['iwae_gap']:.4f}), reward mse {b['reward_mse']:.4f}"
     )
+    print(bounds_table(wm["bounds"]))
+
+
+def bounds_table(sweep: dict) -> str:
+    """The bounds per K (nats per step) and the seconds each took, one row per K."""
+    names = [n for n in BOUNDS if n in sweep]
+    timed = [n for n in ("iw", "smc") if f"seconds/{n}" in sweep]
+    header = f"{'K':>5}" + "".join(f"  {n:>10}" for n in names) + "".join(f"  {'s/' + n:>8}" for n in timed)
+    lines = [f"bounds (nats per step) over {sweep['steps']} steps:", header]
+    for i, k in enumerate(sweep["k"]):
+        row = f"{k:>5}" + "".join(f"  {sweep[n][i]:>10.4f}" for n in names)
+        lines.append(row + "".join(f"  {sweep['seconds/' + n][i]:>8.2f}" for n in timed))
+    return "\n".join(lines)
 
 
 # --- entry points -----------------------------------------------------------------------------------

@@ -244,6 +244,22 @@ class Agent:
         latents = {CONTEXT + k: v.detach().float() for k, v in wm.states._asdict().items()}
         return total, LossOutput(None, {"stepid": data["stepid"], **latents}, out.retstats, metrics)
 
+    @torch.no_grad()
+    def bounds(self, batch: dict[str, Any], carry: RSSMState | None, k: int) -> dict[str, float]:
+        """Bounds on log p(x | a) of a training batch [B, context + T, ...] in nats per step, from the
+        window's start as in `loss`: `bound/elbo` (closed-form KL, averaged over K posterior paths),
+        `bound/iw` (K whole trajectories), `bound/smc` (K particles, `WorldModel.particle_bound`) and
+        `bound/iw_gap`, `bound/smc_gap` (minus the ELBO). In float32, outside autocast."""
+        data, start, prev_action = self.window_start(self.to_device(batch), carry)
+        steps = data["is_first"].numel()
+        iw = self.wm.log_likelihood_bound(data, k, start, prev_action)
+        smc = self.wm.particle_bound(data, k, state=start, prev_action=prev_action).smc
+        sums = {"elbo": iw.elbo_kl, "iw": iw.iwae, "smc": smc}  # [B] each, nats per sequence
+        out = {f"bound/{name}": float(v.sum()) / steps for name, v in sums.items()}
+        for name in ("iw", "smc"):
+            out[f"bound/{name}_gap"] = out[f"bound/{name}"] - out["bound/elbo"]
+        return out
+
     def backward(self, total: Tensor) -> Tensor:
         """Gradients of `total` into `.grad`; returns the loss the optimizer step checks. Under
         `data_parallel` the gradients and the loss are averaged over all replicas."""

@@ -399,6 +399,13 @@ class RunConfig:
     eval_policy: EvalPolicy = "sample"
     # Policy steps between video reports (open-loop prediction, policy episode); 0: never.
     video_every: int = bounded(0, ge=0)
+    # Updates between bound metrics (0: never; ours): the ELBO, the importance-weighted bound of
+    # `bound_particles` posterior trajectories and the particle (filtering) bound with `bound_particles`
+    # particles, on that update's batch after the update, from the window's start as in training; logged
+    # as train/bound/* in nats per step. They draw from the torch random stream, so a run with them
+    # samples differently afterwards.
+    bound_every: int = bounded(0, ge=0)
+    bound_particles: int = bounded(16, ge=1)
     # Initialize weights from this checkpoint file ("" for none).
     from_checkpoint: str = ""
     # Stop after this many consecutive updates with a non-finite loss or gradient.

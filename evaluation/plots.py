@@ -3,6 +3,8 @@
 - `open_loop.png`: open-loop MSE per horizon step per decoded key (PSNR beside it for images).
 - `rate_distortion.png`: rate vs distortion (nats per step) of several checkpoints, labelled by step.
 - `open_loop_strip.png`: true vs imagined frames (images) or components (vectors) of one sequence.
+- `bounds.png`: the ELBO, importance-weighted and particle bounds (nats per step) vs K, their gaps above
+  the ELBO, and the seconds each took.
 - `compare_returns.png`: return vs env frames per group of runs, mean over seeds with a +-1 std band.
 """
 
@@ -47,6 +49,37 @@ def plot_rate_distortion(points: list[dict], path: Path) -> Path:
         ax.annotate(str(p["step"]), (p["rate"], p["distortion"]), textcoords="offset points", xytext=(4, 4))
     ax.set(xlabel="rate (nats per step)", ylabel="distortion (nats per step)", title="Rate vs distortion")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+# Line style of each bound in `bounds.png`.
+BOUND_STYLE = {"elbo": ("ELBO", "k--"), "iw": ("importance-weighted", "o-"), "smc": ("particle (SMC)", "s-")}
+
+
+def plot_bounds(sweep: dict, path: Path) -> Path:
+    """sweep: `evaluation.world_model.bound_sweep`'s result (lists over `k`)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    k = sweep["k"]
+    panels = (
+        (axes[0], "", "nats per step", "Bounds on log p(x) per step"),
+        (axes[1], "_gap", "nats per step above the ELBO", "Gap above the ELBO"),
+    )
+    for ax, suffix, ylabel, title in panels:
+        for name, (label, style) in BOUND_STYLE.items():
+            if name + suffix in sweep:
+                ax.plot(k, sweep[name + suffix], style, label=label)
+        ax.set(xlabel="K (samples / particles)", ylabel=ylabel, title=title)
+    for name in ("iw", "smc"):
+        if f"seconds/{name}" in sweep:
+            label = "ELBO + importance-weighted" if name == "iw" else BOUND_STYLE[name][0]
+            axes[2].plot(k, sweep[f"seconds/{name}"], BOUND_STYLE[name][1], label=label)
+    axes[2].set(xlabel="K (samples / particles)", ylabel="seconds", title="Time over all sequences")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(k, [str(v) for v in k])
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     return save_figure(fig, path)
 
 

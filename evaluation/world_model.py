@@ -7,6 +7,11 @@ sequence and divided by its length; `elbo_kl` is the ELBO with the closed-form K
 posterior samples), `elbo` the training pass's single-sample estimate of the same bound, and
 `iwae_gap` = iwae - elbo_kl >= 0 in expectation.
 
+Bounds per K (`bound_sweep`): the ELBO (`elbo`, closed-form KL, averaged over K posterior paths), the
+importance-weighted bound of K whole trajectories (`iw`) and the particle (filtering) bound with K
+particles (`smc`, `WorldModel.particle_bound`), each in nats per step, with their gaps above the ELBO and
+the seconds each took. All three start each sequence from the initial state, as the ELBO above.
+
 Open loop: the posterior on `context` real steps, then the prior on the real actions for the rest; the
 error at horizon h is the decoded mean's squared error on step `context + h - 1`, averaged over the
 dimensions of a key ([0, 1] pixel units for images, raw units for vectors) and over the sequences.
@@ -17,6 +22,7 @@ the PSNR (dB, peak 1). SSIM is not reported: it would need scikit-image, which i
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from typing import Any, NamedTuple
 
@@ -96,6 +102,64 @@ def bound_metrics(world_model: Any, batches: list[dict[str, np.ndarray]], k: int
     metrics["iwae_gap"] = metrics["iwae"] - metrics["elbo_kl"]
     metrics["steps"], metrics["k"] = steps, float(k)
     return metrics
+
+
+# The bounds `bound_sweep` can compute.
+BOUNDS = ("elbo", "iw", "smc")
+
+
+def bound_sweep(
+    world_model: Any,
+    batches: list[dict[str, np.ndarray]],
+    ks: list[int],
+    bounds: list[str],
+    resampler: str = "systematic",
+    ess_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The requested `bounds` (of BOUNDS) for each K in `ks`, in nats per step over all steps of
+    `batches` (each [B, T, ...]).
+
+    Returns {"k": ks, "steps", "resampler", "ess_threshold"} and, per requested bound, a list over K:
+    `elbo`, `iw`, `smc`; `iw_gap`, `smc_gap` (the bound minus the ELBO, with `elbo`); `resample_rate`
+    (the fraction of steps at which the particles were resampled, with `smc`); `seconds/iw` (one pass
+    gives the ELBO and the iw bound), `seconds/smc`.
+    """
+    if not bounds or not set(bounds) <= set(BOUNDS):
+        raise ValueError(f"bounds must be among {BOUNDS}; got {bounds}")
+    device = next(world_model.parameters()).device
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(ks))
+    steps = 0
+    for batch in batches:
+        data = to_tensors(batch, device)
+        steps += data["is_first"].numel()
+        for i, k in enumerate(ks):
+            if {"elbo", "iw"} & set(bounds):
+                out, seconds = _timed(world_model.log_likelihood_bound, data, k)
+                sums["elbo"][i] += float(out.elbo_kl.sum())
+                sums["iw"][i] += float(out.iwae.sum())
+                sums["seconds/iw"][i] += seconds
+            if "smc" in bounds:
+                out, seconds = _timed(world_model.particle_bound, data, k, resampler, ess_threshold)
+                sums["smc"][i] += float(out.smc.sum())
+                sums["resample_rate"][i] += float(out.resamples.sum())
+                sums["seconds/smc"][i] += seconds
+    result = {"k": list(ks), "steps": steps, "resampler": resampler, "ess_threshold": ess_threshold}
+    names = [b for b in BOUNDS if b in bounds] + (["resample_rate"] if "smc" in bounds else [])
+    result.update({name: [v / steps for v in sums[name]] for name in names})
+    for name in ("iw", "smc"):
+        if name in result and "elbo" in result:
+            result[f"{name}_gap"] = [b - e for b, e in zip(result[name], result["elbo"], strict=True)]
+    result.update({name: v for name, v in sums.items() if name.startswith("seconds/")})
+    return result
+
+
+def _timed(fn, *args) -> tuple[Any, float]:
+    """fn(*args) and the seconds it took (after the device finished its work)."""
+    start = time.perf_counter()
+    out = fn(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
 
 
 def episode_batches(episodes: list[Episode]) -> list[dict[str, np.ndarray]]:

@@ -49,7 +49,7 @@ class Parts(NamedTuple):
 
     env: Any  # VecEnv: obs_space, act_space, num_envs, reset(), step(action), close()
     replay: Any  # Replay: add, sample_torch, update, ready, context, __len__, stats, flush, state_dict
-    agent: Any  # Agent: policy, train, report, carry_state, load_carry, state_dict, device
+    agent: Any  # Agent: policy, train, report, carry_state, load_carry, state_dict, device (bounds)
     logger: Logger
     checkpointer: Checkpointer
     eval_env: Any = None  # a VecEnv with its own seeds, or None when run.eval_every is 0
@@ -208,15 +208,23 @@ class Loop:
         history = []
         for _ in range(count):
             batch = self.replay.sample_torch(self.agent.device)
-            out = self.agent.train(batch, self.train_state)
+            carry = self.train_state
+            out = self.agent.train(batch, carry)
             self.train_state = out.carry
             if out.replay and not out.metrics.get("nonfinite"):
                 self.replay.update(out.replay)  # refresh the latents of the trained steps
             metrics = {k: float(v) for k, v in out.metrics.items()}
             self._check_finite(metrics)
+            if self._bounds_due(metrics):
+                metrics.update(self.agent.bounds(batch, carry, self.config.bound_particles))
             self.logger.scalars(metrics, prefix="train/")
             history.append(metrics)
         return history
+
+    def _bounds_due(self, metrics: dict[str, float]) -> bool:
+        """Whether this update (applied, the `run.bound_every`-th since the last) gets the bound metrics."""
+        every = self.config.bound_every
+        return every > 0 and not metrics.get("nonfinite") and self.counters.updates % every == 0
 
     def _check_finite(self, metrics: dict[str, float]) -> None:
         losses = [v for k, v in metrics.items() if k.startswith("loss")]

@@ -451,3 +451,25 @@ def test_compiling_leaves_compilation_errors_loud():
 
     make(overrides={"run": {"compile": True}})
     assert torch._dynamo.config.suppress_errors is False
+
+
+def test_bounds_of_a_training_batch_start_where_its_loss_does():
+    agent, data = make(), batch()
+    K = 8
+    torch.manual_seed(0)
+    bounds = agent.bounds(data, None, K)
+    assert set(bounds) == {f"bound/{n}" for n in ("elbo", "iw", "smc", "iw_gap", "smc_gap")}
+    # The same draws from the window after the context step, started from the latent stored there:
+    # per step over the B x (T - 1) trained steps.
+    window, start, prev_action = agent.window_start(agent.to_device(data), None)
+    torch.manual_seed(0)
+    iw = agent.wm.log_likelihood_bound(window, K, start, prev_action)
+    smc = agent.wm.particle_bound(window, K, state=start, prev_action=prev_action)
+    assert bounds["bound/iw"] == pytest.approx(float(iw.iwae.sum()) / (B * (T - 1)))
+    assert bounds["bound/smc"] == pytest.approx(float(smc.smc.sum()) / (B * (T - 1)))
+    assert bounds["bound/smc_gap"] == pytest.approx(bounds["bound/smc"] - bounds["bound/elbo"])
+    assert bounds["bound/iw_gap"] > 0 and bounds["bound/smc_gap"] > 0  # K = 8 beats the ELBO here
+    # Another stored latent is another start: other bounds.
+    moved = {**data, "context/deter": data["context/deter"] + 0.5}
+    torch.manual_seed(0)
+    assert agent.bounds(moved, None, K)["bound/elbo"] != pytest.approx(bounds["bound/elbo"])

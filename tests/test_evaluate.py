@@ -191,7 +191,7 @@ def trained_run(tmp_path_factory):
     checkpointer.save({"config": to_yaml(config), "agent": agent.state_dict()}, 100)
     args = ["--logdir", logdir, "--episodes", 4, "--modes", "mode,sample"]
     args += ["--context", 4, "--openloop-steps", 8]
-    assert run_main(*args, "--samples", 8, "--env.eval_num_envs", 2) == 0
+    assert run_main(*args, "--samples", 1, 8, "--env.eval_num_envs", 2) == 0
     return logdir
 
 
@@ -225,6 +225,38 @@ def test_importance_weighted_bound_is_above_the_elbo(trained_run):
     assert bound["iwae"] >= bound["elbo_kl"] and bound["iwae_gap"] >= 0
     assert bound["elbo"] == pytest.approx(-bound["rate"] - bound["distortion"], rel=1e-5)
     assert 0 <= bound["cont_accuracy"] <= 1 and bound["reward_mse"] >= 0
+
+
+def test_three_bounds_per_k_with_their_gaps_and_times(trained_run, capsys):
+    sweep = json.loads((trained_run / "eval" / "world_model.json").read_text())["bounds"]
+    assert sweep["k"] == [1, 8] and sweep["steps"] == 8 * 41
+    assert (sweep["resampler"], sweep["ess_threshold"]) == ("systematic", 0.5)
+    for name in ("elbo", "iw", "smc", "iw_gap", "smc_gap", "resample_rate", "seconds/iw", "seconds/smc"):
+        assert len(sweep[name]) == 2 and all(math.isfinite(v) for v in sweep[name]), name
+    for name in ("iw", "smc"):
+        gaps = [b - e for b, e in zip(sweep[name], sweep["elbo"], strict=True)]
+        assert sweep[f"{name}_gap"] == pytest.approx(gaps)
+        # Eight particles or trajectories beat the ELBO on average over 8 sequences of 41 steps.
+        assert sweep[f"{name}_gap"][1] > 0
+    assert sweep["resample_rate"][0] == 0 and 0 <= sweep["resample_rate"][1] <= 40 / 41  # never at K = 1
+    assert all(v > 0 for v in sweep["seconds/iw"] + sweep["seconds/smc"])
+    assert (trained_run / "eval" / "plots" / "bounds.png").stat().st_size > 1000
+
+
+def test_bounds_option_selects_the_bounds_and_the_resampling(trained_run, tmp_path):
+    out = tmp_path / "smc"
+    args = ["--logdir", trained_run, *EVAL_ARGS, "--out", out, "--bounds", "smc", "--samples", 2]
+    assert run_main(*args, "--resampler", "multinomial", "--ess-threshold", 1) == 0
+    sweep = json.loads((out / "world_model.json").read_text())["bounds"]
+    assert {k for k in sweep if k not in ("k", "steps", "resampler", "ess_threshold")} == {
+        "smc",
+        "resample_rate",
+        "seconds/smc",
+    }
+    # Threshold 1: two particles resample after every step but each episode's last (41 steps each).
+    assert sweep["k"] == [2] and sweep["resampler"] == "multinomial"
+    assert sweep["resample_rate"] == [pytest.approx(40 / 41)]
+    assert json.loads((out / "world_model.json").read_text())["bound"]["k"] == 2
 
 
 def test_open_loop_error_grows_with_the_horizon_for_a_trained_model(trained_run):
@@ -502,6 +534,14 @@ def test_bad_options_exit_2(pixel_run, capsys):
     assert "unknown config key 'env.idd'" in capsys.readouterr().err
     assert run_main("--logdir", pixel_run, "--openloop-steps", 0) == 2
     assert "--openloop-steps must be >= 1; got 0" in capsys.readouterr().err
+    assert run_main("--logdir", pixel_run, "--samples", 4, 0) == 2
+    assert "--samples must be >= 1; got 4 0" in capsys.readouterr().err
+    assert run_main("--logdir", pixel_run, "--bounds", "elbo", "vi") == 2
+    assert "--bounds takes elbo, iw, smc; got elbo vi" in capsys.readouterr().err
+    assert run_main("--logdir", pixel_run, "--resampler", "stratified") == 2
+    assert "--resampler takes systematic or multinomial" in capsys.readouterr().err
+    assert run_main("--logdir", pixel_run, "--ess-threshold", 1.5) == 2
+    assert "--ess-threshold must be in [0, 1]; got 1.5" in capsys.readouterr().err
 
 
 # --- comparing runs -------------------------------------------------------------------------------------

@@ -171,6 +171,27 @@ def test_loop_counts_steps_updates_frames_and_follows_the_ratio(tmp_path):
     assert Checkpointer(tmp_path / "checkpoints").latest().name == "ckpt-000000100.pt"
 
 
+def test_bound_metrics_every_n_updates_on_the_updates_batch_and_carry(tmp_path):
+    changes = {"logdir": str(tmp_path), "run": {"steps": 100, "train_ratio": 16, "bound_every": 4}}
+    config = load_config(["debug"], merge(QUIET, changes, {"run": {"bound_particles": 5}}))
+    agent, calls = StubAgent(), []
+    train_batches = []
+    update = agent.train
+    # The carry after update n is n, so update n starts from carry n - 1.
+    agent.train = lambda batch, state: (
+        train_batches.append(batch) or update(batch, state)._replace(carry=len(train_batches))
+    )
+    agent.bounds = lambda batch, carry, k: calls.append((batch, carry, k)) or {"bound/smc": -1.5}
+    loop = train.build(config, stub_factories(agent=agent))
+    counters = loop.run(StopFlag())
+    assert counters.updates == 18 and len(calls) == 18 // 4
+    for i, (batch, carry, k) in enumerate(calls):  # updates 4, 8, 12, 16: their batches and carries
+        assert batch is train_batches[4 * i + 3] and carry == 4 * i + 3 and k == 5
+    logged = [r["train/bound/smc"] for r in rows(tmp_path) if "train/bound/smc" in r]
+    assert logged and all(v == -1.5 for v in logged)
+    assert config.run.bound_every and load_config(["debug"], {}).run.bound_every == 0  # off by default
+
+
 def test_eval_and_videos_with_an_image_env(tmp_path):
     config = config_for(tmp_path, steps=100, prefill=20, eval_every=50, eval_episodes=3, video_every=20)
     loop = train.build(config, stub_factories(agent=StubAgent(video=True), image=True))

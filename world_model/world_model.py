@@ -61,6 +61,14 @@ class BoundOutput(NamedTuple):
     elbo_kl: torch.Tensor
 
 
+class ParticleBound(NamedTuple):
+    """Per sequence [B]: `smc` the particle (filtering) bound on log p(x_{1:T} | a) in nats; `resamples`
+    the number of steps at which its particles were resampled."""
+
+    smc: torch.Tensor
+    resamples: torch.Tensor
+
+
 class WorldModel(nn.Module):
     """RSSM world model.
 
@@ -217,8 +225,15 @@ class WorldModel(nn.Module):
         return {k: d.mode() for k, d in self.decoder(feat).items()}
 
     @torch.no_grad()
-    def log_likelihood_bound(self, data: dict[str, torch.Tensor], k: int) -> BoundOutput:
-        """Importance-weighted bound with K posterior trajectories per sequence on log p(x_{1:T} | a).
+    def log_likelihood_bound(
+        self,
+        data: dict[str, torch.Tensor],
+        k: int,
+        state: RSSMState | None = None,
+        prev_action: torch.Tensor | None = None,
+    ) -> BoundOutput:
+        """Importance-weighted bound with K posterior trajectories per sequence on log p(x_{1:T} | a), from
+        `state` [B] before the first step (None: the initial state), reached by `prev_action` [B, A].
 
         x_t are the decoded observations, reward and continuation, with the distortion likelihoods.
         log w = sum_t [log p(x_t | s_t) + log p(z_t | h_t) - log q(z_t | h_t, x_t)] per trajectory.
@@ -229,8 +244,9 @@ class WorldModel(nn.Module):
         rep = {key: repeat(v, "b ... -> (k b) ...", k=k) for key, v in data.items()}
         is_first = rep["is_first"].bool()
         embed = self.encoder(self._obs(rep))
-        prev = self.prev_actions(rep["action"].float(), is_first)
-        out = self.rssm.observe(embed, prev, is_first, self.initial(k * B))
+        prev = self.prev_actions(rep["action"].float(), is_first, _repeat(prev_action, k))
+        start = self.initial(k * B) if state is None else RSSMState(*(_repeat(x, k) for x in state))
+        out = self.rssm.observe(embed, prev, is_first, start)
         lik = self.likelihood(self.rssm.feat(out.states), rep)
         log_px = -sum(lik.nll.values())  # [K*B, T]
         post, prior = self.rssm.dist(out.post_stats), self.rssm.dist(out.prior_stats)
@@ -239,6 +255,78 @@ class WorldModel(nn.Module):
         elbo_kl = (log_px - post.kl(prior)).sum(1)
         log_w, elbo_kl = log_w.view(k, B), elbo_kl.view(k, B)
         return BoundOutput(elbo.iwae_bound(log_w), log_w.mean(0), elbo_kl.mean(0))
+
+    @torch.no_grad()
+    def particle_bound(
+        self,
+        data: dict[str, torch.Tensor],
+        k: int,
+        resampler: elbo.Resampler = "systematic",
+        ess_threshold: float = 0.5,
+        state: RSSMState | None = None,
+        prev_action: torch.Tensor | None = None,
+    ) -> ParticleBound:
+        """Filtering (sequential Monte Carlo) bound with K particles per sequence on log p(x_{1:T} | a),
+        from `state` [B] (None: the initial state) reached by `prev_action` [B, A], as
+        `log_likelihood_bound`.
+
+        The particles follow the posterior step by step. Step t weighs each by its incremental weight
+        w_t = p(x_t | h_t, z_t) p(z_t | h_t) / q(z_t | h_t, x_t) (the ELBO's likelihood terms: decoded
+        keys, reward, continuation), adds log sum_k W_k w_t^k to the bound (W: the normalized weights
+        carried so far) and, where the effective sample size of the new weights is at most
+        `ess_threshold` x K, draws K new particles from them (`resampler`) with uniform weights. A new
+        particle takes its parent's whole state: h_{t+1} depends on both h_t and z_t. At `is_first` the
+        particles restart from the initial state with uniform weights (the evidence factorizes there).
+
+        E[exp(smc)] = p(x_{1:T} | a), so E[smc] <= log p(x_{1:T} | a). K = 1 is the single-sample ELBO
+        estimate; `ess_threshold` 0 (never resample) the importance-weighted bound of K trajectories
+        (when no episode restarts inside the window).
+        """
+        if k < 1:
+            raise ValueError(f"the number of particles k must be >= 1; got {k}")
+        is_first = data["is_first"].bool()
+        B, T = is_first.shape
+        embed = _repeat(self.encoder(self._obs(data)), k)  # [K*B, T, E], particle k of sequence b at k*B + b
+        prev = _repeat(self.prev_actions(data["action"].float(), is_first, prev_action), k)
+        first = _repeat(is_first, k)
+        state = self.initial(k * B) if state is None else RSSMState(*(_repeat(x, k) for x in state))
+        keys = (*self.decoded_keys, "reward", "is_terminal")
+        log_w = embed.new_zeros(k, B)
+        smc, resamples = embed.new_zeros(B), embed.new_zeros(B)
+        for t in range(T):
+            state, post = self.rssm.obs_step(state, prev[:, t], embed[:, t], first[:, t])
+            log_inc = self._log_weight(state, post, {key: _repeat(data[key][:, t], k) for key in keys})
+            log_w = torch.where(is_first[:, t], 0.0, log_w)
+            step, log_w = elbo.smc_step(log_w, log_inc.view(k, B))
+            smc += step
+            resample = elbo.effective_sample_size(log_w) <= ess_threshold * k
+            if t < T - 1 and resample.any():
+                keep = torch.arange(k, device=log_w.device)[:, None]
+                parents = torch.where(resample, elbo.resample(log_w, resampler), keep)
+                state = select_particles(state, parents)
+                log_w = torch.where(resample, 0.0, log_w)
+                resamples += resample
+        return ParticleBound(smc, resamples)
+
+    def _log_weight(self, state: RSSMState, post: torch.Tensor, data: dict[str, torch.Tensor]):
+        """log p(x_t | s_t) + log p(z_t | h_t) - log q(z_t | h_t, x_t) [N] of one posterior step: state [N],
+        its posterior stats [N, S, *], data {key: [N, ...]} of the step."""
+        log_px = -sum(self.likelihood(self.rssm.feat(state), data).nll.values())
+        prior = self.rssm.dist(self.rssm.prior(state.deter))
+        return log_px + prior.log_prob(state.stoch) - self.rssm.dist(post).log_prob(state.stoch)
+
+
+def select_particles(state: RSSMState, parents: torch.Tensor) -> RSSMState:
+    """The states [K*B, ...] (particle k of sequence b at k*B + b) of the new particles, each the whole
+    state (deter and stoch) of its parent: parents [K, B] are indices into the K particles of a sequence."""
+    K, B = parents.shape
+    index = (parents * B + torch.arange(B, device=parents.device)).flatten()
+    return RSSMState(state.deter[index], state.stoch[index])
+
+
+def _repeat(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """[B, ...] -> [K*B, ...], copy k of row b at k*B + b; None stays None."""
+    return None if x is None else repeat(x, "b ... -> (k b) ...", k=k)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
