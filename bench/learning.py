@@ -115,14 +115,21 @@ def run_job(job: Job, steps: int) -> int:
     if last_step(job.logdir) >= steps:
         print(f"{label}: done already ({job.logdir})", flush=True)
         return 0
-    log = job.logdir.with_suffix(".log")
+    status, _ = run_logged(label, job.command, job.logdir.with_suffix(".log"), child_env())
+    return status
+
+
+def run_logged(label: str, command: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
+    """Run `command` from the repository root with its output appended to `log`, saying so; returns its
+    exit status and seconds."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"{label}: running, output in {log}", flush=True)
     start = time.monotonic()
     with log.open("a") as out:
-        status = subprocess.call(job.command, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
-    print(f"{label}: exit status {status} after {time.monotonic() - start:.0f} s", flush=True)
-    return status
+        status = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    seconds = time.monotonic() - start
+    print(f"{label}: exit status {status} after {seconds:.0f} s", flush=True)
+    return status, seconds
 
 
 def run_jobs(jobs: list[Job], steps: int, parallel: int) -> list[Job]:

@@ -43,7 +43,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -53,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.learning import write_csv  # noqa: E402
+from bench.learning import run_logged, write_csv  # noqa: E402
 from configs.loader import load_config, parse_overrides  # noqa: E402
 from evaluation.compare import RunRecord, aggregate  # noqa: E402
 from run.plots import plt, read_metrics, save_figure  # noqa: E402
@@ -301,15 +300,8 @@ def execute(run: Run, steps: int) -> int:
     if is_complete(run.logdir, steps):
         print(f"{label}: done already ({run.logdir})", flush=True)
         return 0
-    log = run.logdir.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{label}: running, output in {log}", flush=True)
-    start = time.monotonic()
-    with log.open("a") as f:
-        env = {**os.environ, **SINGLE_THREAD_ENV}
-        status = subprocess.call(run.command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    seconds = time.monotonic() - start
-    print(f"{label}: exit status {status} after {seconds:.0f} s", flush=True)
+    env = {**os.environ, **SINGLE_THREAD_ENV}
+    status, seconds = run_logged(label, run.command, run.logdir.with_suffix(".log"), env)
     if status == 0:
         mark_complete(run.logdir, steps, seconds)
     return status
