@@ -159,15 +159,16 @@ KEY_PAIRS = (
     KeyPair("optim.agc", "agent.opt.agc"),
 )
 # Differences that no pair of config keys expresses: of the learning runs, and of one update.
+PREFILL = (
+    "first actions: ours takes run.prefill uniform random steps before its first update; the official acts "
+    "with its (untrained) policy from the start and trains once its replay holds B x T windows"
+)
 REPLAY_CONTEXT = (
-    "replay context: the official samples T + 1 steps and starts each sequence from the latent state its "
-    "replay stored for the first (replay_context 1); ours starts each sequence from the training carry "
-    "(the previous batch's last posterior states; the initial state before the first update)"
+    "replay context: the official starts each sequence from the latent state its replay stored for the "
+    "step before (replay_context 1); ours (replay.context 0) from the training carry (the previous "
+    "batch's last posterior states)"
 )
 STRUCTURAL_DIFFERENCES = (
-    "first actions: ours takes run.prefill uniform random steps before its first update; the official acts "
-    "with its (untrained) policy from the start and trains once its replay holds B x T steps",
-    REPLAY_CONTEXT,
     "the official JAX profiler traces updates 100-120 into the run folder (no flag turns it off)",
     "returns logged: the official logs every episode; ours the mean of the episodes ending in each log "
     "interval (run.log_every seconds)",
@@ -175,11 +176,26 @@ STRUCTURAL_DIFFERENCES = (
     "training loop's start, rebuilt from the log intervals",
 )
 UPDATE_DIFFERENCES = (
-    REPLAY_CONTEXT,
     "timed: ours one update in bench/update.py; the official agent.train on batches already on the "
     "device, blocking on the new parameters",
 )
 RUN_LOOP_KEYS = ("seed", "run.steps", "env.num_envs", "run.save_every", "run.train_ratio")  # not in an update
+
+
+def structural_differences(ours: dict) -> tuple[str, ...]:
+    """The differences no paired key expresses, for our resolved config `ours` (flat)."""
+    own = (PREFILL,) if ours["run.prefill"] > 0 else ()
+    own += (REPLAY_CONTEXT,) if ours["replay.context"] == 0 else ()
+    return own + STRUCTURAL_DIFFERENCES
+
+
+def set_overrides(settings: list[str]) -> list[str]:
+    """`--set` settings KEY=VALUE as command-line overrides: --KEY VALUE."""
+    out = []
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        out += [f"--{key}", value]
+    return out
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -274,10 +290,8 @@ def pinned(core: int, command: list[str]) -> list[str]:
 
 def run_pair(args: argparse.Namespace, out: Path, task: str, seed: int) -> list[Run]:
     """Our run and the official one of (task, seed), pinned to `args.core`."""
-    presets, overrides = [task, *args.configs], ["--seed", str(seed), "--run.steps", str(args.steps)]
-    for setting in args.set:  # KEY=VALUE -> --KEY VALUE
-        key, _, value = setting.partition("=")
-        overrides += [f"--{key}", value]
+    presets = [task, *args.configs]
+    overrides = ["--seed", str(seed), "--run.steps", str(args.steps), *set_overrides(args.set)]
     ours, official = run_dir(out, "ours", task, seed), run_dir(out, "official", task, seed)
     our_cmd = [sys.executable, str(ROOT / "train.py"), "--configs", *presets, *overrides]
     our_cmd += ["--logdir", str(ours), "--logger.wandb.mode", "disabled", "--run.threads", "1"]
@@ -371,14 +385,16 @@ def plot_side(ax, rows: list[dict], x_key: str, side: str, color: str) -> None:
 
 def report(args: argparse.Namespace, out: Path, official: dict | None) -> None:
     """Write reference.csv, reference.png and settings.json; print the settings that differ."""
-    ours = our_config([args.tasks[0], *args.configs], ["--run.steps", str(args.steps)])
+    ours = our_config(
+        [args.tasks[0], *args.configs], ["--run.steps", str(args.steps), *set_overrides(args.set)]
+    )
     diffs = differences(ours, official) if official is not None else []
-    print(format_differences(diffs))
+    print(format_differences(diffs, structural_differences(ours)))
     settings = {
         "our_presets": args.configs,
         "official_flags": official_flags(ours, args.tasks[0], Path("<logdir>")),
         "differences": diffs if official is not None else "official config not read (no --official-python)",
-        "structural_differences": list(STRUCTURAL_DIFFERENCES),
+        "structural_differences": list(structural_differences(ours)),
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     curves = collect_curves(out, args.tasks, args.seeds)

@@ -48,7 +48,9 @@ def test_curves_from_fake_runs_resume_and_rebuilt_seconds(tmp_path):
 
 def test_report_writes_csv_png_and_settings(tmp_path, capsys):
     fake_runs(tmp_path)
-    args = argparse.Namespace(tasks=["cartpole"], seeds=[0], configs=["small"], steps=3000)
+    args = argparse.Namespace(
+        tasks=["cartpole"], seeds=[0], configs=["small"], steps=3000, set=["run.prefill=0"]
+    )
     reference.report(args, tmp_path, official=None)
     with (tmp_path / "reference.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -56,6 +58,7 @@ def test_report_writes_csv_png_and_settings(tmp_path, capsys):
     assert {r["side"] for r in rows} == {"ours", "official"}
     assert (tmp_path / "reference.png").stat().st_size > 0
     settings = json.loads((tmp_path / "settings.json").read_text())
+    # With the official's start (prefill 0) and replay context (default) only the unconfigurable ones.
     assert settings["structural_differences"] == list(reference.STRUCTURAL_DIFFERENCES)
     assert "--batch_length" in settings["official_flags"]
     assert "differences no config key expresses" in capsys.readouterr().out
@@ -105,3 +108,16 @@ def test_a_complete_run_is_skipped_and_an_unfinished_one_runs(tmp_path):
     assert not reference.is_complete(fresh.logdir, 3000)
     assert reference.execute(fresh, 3000) == 0 and reference.is_complete(fresh.logdir, 3000)
     assert fresh.logdir.with_suffix(".log").exists()
+
+
+def test_the_differences_no_key_expresses_follow_our_start_and_replay_context():
+    ours = reference.our_config(["cartpole", "small"], [])
+    assert reference.structural_differences(ours)[0] == reference.PREFILL  # the default random prefill
+    assert reference.REPLAY_CONTEXT not in reference.structural_differences(ours)
+    v1 = reference.our_config(
+        ["cartpole", "small"], reference.set_overrides(["run.prefill=0", "replay.context=0"])
+    )
+    assert reference.structural_differences(v1) == (
+        reference.REPLAY_CONTEXT,
+        *reference.STRUCTURAL_DIFFERENCES,
+    )
