@@ -144,8 +144,9 @@ class Replay(Persistence):
         missing = sorted(set(self.spec) - set(step) - set(self._latent))
         if missing:
             raise KeyError(f"replay step lacks keys {missing} (it has {sorted(step)})")
-        zeros = {key: np.zeros((self.num_streams, *self.spec[key].shape)) for key in self._latent}
-        step = {**zeros, **step}
+        absent = [key for key in self._latent if key not in step]  # a random policy's step
+        if absent:
+            step = {**step, **{key: np.zeros((self.num_streams, *self.spec[key].shape)) for key in absent}}
         values = {k: check_array(k, step[k], s, (self.num_streams,)) for k, s in self.spec.items()}
         # Checked at the stored dtype: a float64 beyond float32's range would be stored as inf.
         for key in self._floats:

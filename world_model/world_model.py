@@ -245,7 +245,7 @@ class WorldModel(nn.Module):
         is_first = rep["is_first"].bool()
         embed = self.encoder(self._obs(rep))
         prev = self.prev_actions(rep["action"].float(), is_first, _repeat(prev_action, k))
-        start = self.initial(k * B) if state is None else RSSMState(*(_repeat(x, k) for x in state))
+        start = self._repeat_start(state, k, B)
         out = self.rssm.observe(embed, prev, is_first, start)
         lik = self.likelihood(self.rssm.feat(out.states), rep)
         log_px = -sum(lik.nll.values())  # [K*B, T]
@@ -289,7 +289,7 @@ class WorldModel(nn.Module):
         embed = _repeat(self.encoder(self._obs(data)), k)  # [K*B, T, E], particle k of sequence b at k*B + b
         prev = _repeat(self.prev_actions(data["action"].float(), is_first, prev_action), k)
         first = _repeat(is_first, k)
-        state = self.initial(k * B) if state is None else RSSMState(*(_repeat(x, k) for x in state))
+        state = self._repeat_start(state, k, B)
         keys = (*self.decoded_keys, "reward", "is_terminal")
         log_w = embed.new_zeros(k, B)
         smc, resamples = embed.new_zeros(B), embed.new_zeros(B)
@@ -307,6 +307,10 @@ class WorldModel(nn.Module):
                 log_w = torch.where(resample, 0.0, log_w)
                 resamples += resample
         return ParticleBound(smc, resamples)
+
+    def _repeat_start(self, state: RSSMState | None, k: int, B: int) -> RSSMState:
+        """K copies [K*B, ...] of the start `state` [B, ...] (None: the initial state), as `_repeat`."""
+        return self.initial(k * B) if state is None else RSSMState(*(_repeat(x, k) for x in state))
 
     def _log_weight(self, state: RSSMState, post: torch.Tensor, data: dict[str, torch.Tensor]):
         """log p(x_t | s_t) + log p(z_t | h_t) - log q(z_t | h_t, x_t) [N] of one posterior step: state [N],
