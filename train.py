@@ -344,8 +344,6 @@ def claim_logdir(lock: RunLock, config: Config, world: World) -> None:
     """Rank 0 takes the run folder's lock before anything is written into it, or raises
     RunFolderBusyError naming the holder. The other ranks wait for its verdict, so a second launch on a
     folder in use writes nothing on any rank."""
-    from agent import resolve_device
-
     error: Exception | None = None
     if world.is_main:
         try:
@@ -356,7 +354,7 @@ def claim_logdir(lock: RunLock, config: Config, world: World) -> None:
             error = LogdirError(f"cannot write to logdir '{config.logdir}': {e.strerror or e}")
     failed = error is not None
     if world.distributed:
-        (failed,) = world.any([failed], resolve_device(on_rank_device(config, world).run.device))
+        (failed,) = world.any([failed])
     if error is not None:
         raise error
     if failed:

@@ -32,6 +32,7 @@ from agent.returns import RetNorm, RetStats, lambda_return
 from configs.schema import GRADS, IMAG_CONTS, ActorCriticConfig
 from envs.spaces import ActionSpace
 from nets.distributions import LOG_2PI, Bernoulli, BoundedNormal, OneHotCategorical, TwoHot
+from nets.functional import where_
 from nets.layers import MLP
 
 
@@ -294,10 +295,11 @@ class ActorCritic(nn.Module):
         return live * critic_loss(self.critic(feat), ret, slow_mean, cfg.slow_reg), ret
 
     @torch.no_grad()
-    def update_slow(self) -> None:
-        """Move the slow critic towards the critic by `slow_rate` (v2: 0.02 every update)."""
+    def update_slow(self, applied: Tensor | bool = True) -> None:
+        """Move the slow critic towards the critic by `slow_rate` (v2: 0.02 every update) where `applied`
+        (a bool, or a 0-d bool tensor on the device: no host read)."""
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
-            slow.lerp_(fast, self.config.slow_rate)
+            where_(applied, slow, slow.lerp(fast, self.config.slow_rate))
 
 
 def critic_loss(dist: TwoHot, ret: Tensor, slow_mean: Tensor, slow_reg: float) -> Tensor:

@@ -51,12 +51,13 @@ class TrainOutput(NamedTuple):
     carry: the next batch's start state without replay context (the last posterior [B]), else None.
     replay: with replay context, `stepid` [B, T] and the posterior latent of each trained step
         (`context/deter` [B, T, D], `context/stoch` [B, T, ...]) for `Replay.update`; else empty.
-    metrics: python floats.
+    metrics: 0-d tensors on the device (and python floats), read back by `util.transfers.to_floats` when
+        they are logged: the update itself reads nothing on the host (v2).
     """
 
     carry: RSSMState | None
     replay: dict[str, Tensor]
-    metrics: dict[str, float]
+    metrics: dict[str, Tensor | float]
 
 
 class PolicyState(NamedTuple):
@@ -172,13 +173,14 @@ class Agent:
         state). See `TrainOutput`.
 
         A non-finite loss or gradient skips the step: parameters, optimizer states, the slow critic and
-        the return normalizer stay as they were, and `metrics["nonfinite"]` is 1.0.
+        the return normalizer stay as they were, and `metrics["nonfinite"]` is 1.0. The skip is decided
+        on the device (v2): nothing in an update waits for the device.
         """
         data = self.to_device(batch)
         with self._autocast():
             total, out = self.loss(data, carry)
         step = self.step(self.backward(total), out.retstats)
-        return TrainOutput(out.carry, out.replay, {**to_floats(out.metrics), **step})
+        return TrainOutput(out.carry, out.replay, {**out.metrics, **step})
 
     def window_start(
         self, data: dict[str, Tensor], carry: RSSMState | None
@@ -269,13 +271,13 @@ class Agent:
             return total
         return self.world.average_grads([p for m in (self.wm, self.ac) for p in m.parameters()], total)
 
-    def step(self, total: Tensor, retstats: RetStats) -> dict[str, float]:
+    def step(self, total: Tensor, retstats: RetStats) -> dict[str, Tensor | float]:
         """The optimizer step, the return normalizer's new statistics and the slow critic's EMA, or
         nothing at all when the loss or a gradient is non-finite."""
         step = self.optim.step(total)
-        if not step["nonfinite"]:
-            self.ac.retnorm.commit(retstats)
-            self.ac.update_slow()
+        applied = step["nonfinite"] == 0
+        self.ac.retnorm.commit(retstats, applied)
+        self.ac.update_slow(applied)
         return step
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -362,12 +364,3 @@ def openloop_video(truth: Tensor, pred: Tensor) -> np.ndarray:
     video = torch.cat([truth, pred, error], 2)
     video = rearrange(video, "b t h w c -> t h (b w) c")
     return (video * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-
-
-def to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:
-    """Scalar tensors -> python floats with a single device synchronization."""
-    keys = list(metrics)
-    tensors = [torch.as_tensor(metrics[k]).detach().float().reshape(()) for k in keys]
-    device = tensors[0].device if tensors else torch.device("cpu")
-    values = torch.stack([t.to(device) for t in tensors]).cpu().tolist() if tensors else []
-    return dict(zip(keys, values, strict=True))

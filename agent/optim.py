@@ -13,13 +13,13 @@ v1 used Adam per module with global-norm clipping (dreamerv3/jaxutils.py `Optimi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from configs.schema import OPTIM_KINDS, OptimConfig
+from nets.functional import where_
 
 # AGC never clips relative to a parameter norm below this (reference: `clip_by_agc(pmin=1e-3)`).
 AGC_PMIN = 1e-3
@@ -29,6 +29,10 @@ ADAM_GROUPS = ("model", "actor", "critic")
 
 class LaProp(torch.optim.Optimizer):
     """LaProp with per-tensor adaptive gradient clipping and a linear learning-rate warm-up.
+
+    Each group counts its applied updates in `group["count"]`, a 0-d float64 tensor on the parameters'
+    device, so that an update can be applied or skipped on the device (`step(applied=...)`) without the
+    host reading anything.
 
     Args:
         params: parameters (or parameter groups) to optimize.
@@ -52,30 +56,33 @@ class LaProp(torch.optim.Optimizer):
             raise ValueError(f"LaProp needs lr, eps, agc, warmup >= 0; got {lr}, {eps}, {agc}, {warmup}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"LaProp betas must be in [0, 1), got {betas}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, agc=agc, warmup=warmup, step=0)
+        defaults = dict(lr=lr, betas=betas, eps=eps, agc=agc, warmup=warmup)
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            group["count"] = _count(0, group)
 
-    def current_lr(self, group: dict | None = None) -> float:
-        """The learning rate the next update of `group` (default: the first) will use."""
+    def current_lr(self, group: dict | None = None) -> Tensor:
+        """The learning rate the next update of `group` (default: the first) will use (0-d, float64)."""
         group = group or self.param_groups[0]
         if not group["warmup"]:
-            return group["lr"]
-        return group["lr"] * min(1.0, group["step"] / group["warmup"])
+            return torch.full_like(group["count"], group["lr"])
+        return group["lr"] * torch.clamp(group["count"] / group["warmup"], max=1.0)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, applied: Tensor | None = None):
+        """Update the parameters that have a gradient; where `applied` (a 0-d bool tensor on their
+        device) is False, nothing changes: parameters, moments and count."""
         if closure is not None:
             raise ValueError("LaProp.step does not take a closure")
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._update_group(group, params)
+                self._update_group(group, params, True if applied is None else applied)
 
-    def _update_group(self, group: dict, params: list[Tensor]) -> None:
-        lr = self.current_lr(group)
-        group["step"] += 1
-        k = group["step"]
+    def _update_group(self, group: dict, params: list[Tensor], applied: Tensor | bool) -> None:
+        lr, k = self.current_lr(group), group["count"] + 1
         beta1, beta2 = group["betas"]
+        dtype = params[0].dtype
         grads = [p.grad for p in params]
         if group["agc"]:
             grads = adaptive_clip(grads, params, group["agc"])
@@ -85,13 +92,27 @@ class LaProp(torch.optim.Optimizer):
                 self.state[p]["nu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         mus = [self.state[p]["mu"] for p in params]
         nus = [self.state[p]["nu"] for p in params]
-        torch._foreach_mul_(nus, beta2)
-        torch._foreach_addcmul_(nus, grads, grads, value=1 - beta2)
-        denom = torch._foreach_sqrt(nus)
-        torch._foreach_div_(denom, (1 - beta2**k) ** 0.5)
+        new_nus = torch._foreach_mul(nus, beta2)
+        torch._foreach_addcmul_(new_nus, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(new_nus)
+        torch._foreach_div_(denom, torch.sqrt(1 - beta2**k).to(dtype))
         torch._foreach_add_(denom, group["eps"])
-        torch._foreach_lerp_(mus, torch._foreach_div(grads, denom), 1 - beta1)
-        torch._foreach_add_(params, mus, alpha=-lr / (1 - beta1**k))
+        new_mus = torch._foreach_lerp(mus, torch._foreach_div(grads, denom), 1 - beta1)
+        new_params = torch._foreach_add(params, torch._foreach_mul(new_mus, (-lr / (1 - beta1**k)).to(dtype)))
+        for old, new in zip(params + mus + nus, new_params + new_mus + new_nus, strict=True):
+            where_(applied, old, new)
+        where_(applied, group["count"], k)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            # A checkpoint loads on the CPU; before the count was a tensor it was the int "step".
+            group["count"] = _count(group.pop("step", group.get("count")), group)
+
+
+def _count(value: int | Tensor, group: dict) -> Tensor:
+    """A group's update count as a 0-d float64 tensor on its parameters' device."""
+    return torch.as_tensor(value, dtype=torch.float64).to(group["params"][0].device)
 
 
 def adaptive_clip(grads: list[Tensor], params: list[Tensor], agc: float) -> list[Tensor]:
@@ -155,26 +176,27 @@ class Optimizer:
             for name, m in self.modules.items()
         }
 
-    def step(self, loss: Tensor) -> dict[str, float]:
+    def step(self, loss: Tensor) -> dict[str, Tensor | float]:
         """Apply the gradients in `.grad` unless `loss` or any gradient is non-finite.
 
         Returns metrics: `grad_norm/<module>`, `lr` (used by this update), and `nonfinite` (1.0 when
-        the update was skipped, leaving parameters and optimizer states untouched).
+        the update was skipped, leaving parameters and optimizer states untouched), as 0-d tensors on the
+        device. With LaProp (v2) the device decides the skip: the host reads nothing. v1's Adam counts
+        its steps on the host, so there the host reads the decision (one synchronization).
         """
         norms = self.grad_norms()
-        values = torch.stack([loss.detach().float().reshape(()), *norms.values()]).tolist()
-        finite = all(math.isfinite(v) for v in values)
-        metrics = {f"grad_norm/{k}": v for k, v in zip(norms, values[1:], strict=True)}
-        metrics["lr"] = self.lr()
-        metrics["nonfinite"] = 0.0 if finite else 1.0
-        if finite:
+        lr = self.lr()
+        finite = torch.isfinite(torch.stack([loss.detach().float().reshape(()), *norms.values()])).all()
+        if self.config.kind == "laprop":
+            self.optimizers["all"].step(applied=finite)
+        elif finite.item():
             for name, opt in self.optimizers.items():
-                if name in self.clips:
-                    nn.utils.clip_grad_norm_(self.modules[name].parameters(), self.clips[name])
+                nn.utils.clip_grad_norm_(self.modules[name].parameters(), self.clips[name])
                 opt.step()
-        return metrics
+        metrics = {f"grad_norm/{k}": v for k, v in norms.items()}
+        return {**metrics, "lr": lr, "nonfinite": (~finite).float()}
 
-    def lr(self) -> float:
+    def lr(self) -> Tensor | float:
         """The learning rate of the next update (of the world model for v1)."""
         opt = next(iter(self.optimizers.values()))
         return opt.current_lr() if isinstance(opt, LaProp) else opt.param_groups[0]["lr"]

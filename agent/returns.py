@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from nets.functional import where_
+
 
 def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, lam: float | Tensor) -> Tensor:
     """Lambda-returns of every step but the last, computed backwards in time.
@@ -36,7 +38,8 @@ def lambda_return(reward: Tensor, cont: Tensor, value: Tensor, lam: float | Tens
             f"lambda_return needs reward, cont and value of one shape [N, T]; got "
             f"{tuple(reward.shape)}, {tuple(cont.shape)}, {tuple(value.shape)}"
         )
-    lam = torch.as_tensor(lam, dtype=value.dtype, device=value.device).expand_as(value)
+    # A float lambda fills a tensor on the device (no host-to-device copy).
+    lam = lam.to(value.dtype).expand_as(value) if isinstance(lam, Tensor) else torch.full_like(value, lam)
     # Everything that does not depend on the recursion is computed in one go.
     interm = reward[:, 1:] + cont[:, 1:] * (1 - lam[:, 1:]) * value[:, 1:]
     decay = cont[:, 1:] * lam[:, 1:]
@@ -58,11 +61,11 @@ class RetStats(NamedTuple):
 
 
 @torch.no_grad()
-def percentile_ema(stats: RetStats, ret: Tensor, decay: float, low: float, high: float) -> RetStats:
-    """The statistics moved by (1 - decay) towards the `low` and `high` percentiles (in %) of `ret`
-    (any shape): the reference's `Normalize(impl="perc", debias=False)` (v2)."""
+def percentile_ema(stats: RetStats, ret: Tensor, decay: float, quantiles: Tensor) -> RetStats:
+    """The statistics moved by (1 - decay) towards the low and high `quantiles` [2] (in [0, 1], on the
+    device of `ret`) of `ret` (any shape): the reference's `Normalize(impl="perc", debias=False)` (v2)."""
     ret = ret.detach().float().flatten()
-    lo, hi = torch.quantile(ret, ret.new_tensor([low / 100, high / 100]))
+    lo, hi = torch.quantile(ret, quantiles)
     return RetStats(torch.lerp(stats.lo, lo, 1 - decay), torch.lerp(stats.hi, hi, 1 - decay))
 
 
@@ -72,6 +75,7 @@ class RetNorm(nn.Module):
 
     lo: Tensor
     hi: Tensor
+    quantiles: Tensor
 
     def __init__(self, decay: float = 0.99, low: float = 5.0, high: float = 95.0, limit: float = 1.0):
         super().__init__()
@@ -84,6 +88,8 @@ class RetNorm(nn.Module):
         self.decay, self.low, self.high, self.limit = decay, low, high, limit
         self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
         self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
+        # A buffer, so it moves with the module and an update puts nothing on the device.
+        self.register_buffer("quantiles", torch.tensor([low / 100, high / 100]), persistent=False)
 
     @property
     def stats(self) -> RetStats:
@@ -91,9 +97,10 @@ class RetNorm(nn.Module):
 
     def update(self, ret: Tensor) -> RetStats:
         """The statistics after seeing the returns `ret` (the held ones stay as they are)."""
-        return percentile_ema(self.stats, ret, self.decay, self.low, self.high)
+        return percentile_ema(self.stats, ret, self.decay, self.quantiles)
 
     @torch.no_grad()
-    def commit(self, stats: RetStats) -> None:
-        self.lo.copy_(stats.lo)
-        self.hi.copy_(stats.hi)
+    def commit(self, stats: RetStats, applied: Tensor | bool = True) -> None:
+        """Keep `stats` where `applied` (a bool, or a 0-d bool tensor on the device: no host read)."""
+        where_(applied, self.lo, stats.lo)
+        where_(applied, self.hi, stats.hi)

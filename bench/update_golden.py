@@ -27,6 +27,7 @@ from agent import make_agent  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from configs.schema import ReplayConfig  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
+from util.transfers import to_floats  # noqa: E402
 
 VECTOR = {"vector": ArraySpec((4,), np.float32)}
 IMAGE = {"image": ArraySpec((64, 64, 3), np.uint8)}
@@ -97,7 +98,7 @@ def record(name: str, updates: int) -> list[dict[str, torch.Tensor]]:
     for _ in range(updates):
         grads.clear()
         state, _, metrics = agent.train(batch, state)
-        values = {f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}
+        values = {f"metric/{k}": torch.tensor(v) for k, v in to_floats(metrics).items()}
         out.append({**values, **grads})
     return out
 

@@ -16,3 +16,12 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 def symexp(x: torch.Tensor) -> torch.Tensor:
     """sign(x) * (exp(|x|) - 1), the inverse of `symlog`; gradient 1 at 0."""
     return torch.where(x >= 0, torch.expm1(x.clamp(min=0)), -torch.expm1((-x).clamp(min=0)))
+
+
+@torch.no_grad()
+def where_(cond: torch.Tensor | bool, dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """dst <- src where `cond`, else dst unchanged, in place. `cond` is a bool or a 0-d bool tensor on
+    dst's device, which the device reads: choosing costs no host-device synchronization."""
+    if isinstance(cond, bool):
+        return dst.copy_(src) if cond else dst
+    return dst.copy_(torch.where(cond, src, dst))

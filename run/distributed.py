@@ -52,6 +52,9 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str = ""
+    # The group the host's own values (flags, counts) are agreed over: a gloo group beside nccl, so that
+    # agreeing on them never waits for a GPU's queue; None is the default group.
+    host_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -101,20 +104,21 @@ class World:
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
-    def any(self, flags: list[bool], device: torch.device) -> list[bool]:
-        """Element-wise OR of boolean flags over all ranks (decisions every rank must take together)."""
+    def any(self, flags: list[bool]) -> list[bool]:
+        """Element-wise OR of boolean flags over all ranks (decisions every rank must take together),
+        agreed on the host (`host_group`)."""
         if not self.distributed:
             return list(flags)
-        t = torch.tensor(flags, dtype=torch.int32, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor(flags, dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
         return [bool(v) for v in t.tolist()]
 
-    def sum(self, value: float, device: torch.device) -> float:
-        """`value` summed over all ranks."""
+    def sum(self, value: float) -> float:
+        """`value` summed over all ranks, on the host (`host_group`)."""
         if not self.distributed:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, group=self.host_group)
         return float(t.item())
 
     def gather_object(self, obj: Any) -> list[Any] | None:
@@ -194,7 +198,8 @@ def init_world(backend: str = "auto", device: str = "auto", timeout_s: float = 3
     if not dist.is_initialized():
         device_id = torch.device("cuda", local_rank) if cuda else None
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), device_id=device_id)
-    return World(rank, size, local_rank, backend)
+    host_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if cuda else None
+    return World(rank, size, local_rank, backend, host_group)
 
 
 def uses_cuda(device: str) -> bool:

@@ -38,6 +38,7 @@ from run.schedule import Clock, Every, Ratio
 from run.seeding import generator_state, rng_state, set_generator_state, set_rng_state
 from run.stop import StopFlag
 from run.video import VIDEO_MAX_FRAMES, PolicyFrames
+from util.transfers import to_floats
 
 
 class NonFiniteError(RuntimeError):
@@ -169,7 +170,7 @@ class Loop:
                 self.save()
             self.logger.progress(self.counters.step, self.config.steps)
         # Writing logs pools every rank's scalars: all ranks write if any has some pending.
-        (pending,) = self.world.any([self.logger.pending], self.agent.device)
+        (pending,) = self.world.any([self.logger.pending])
         if pending:
             self.write_logs()
         if self.saved_step != self.counters.step:
@@ -181,7 +182,7 @@ class Loop:
         stop request on any rank stops every rank, so all ranks take the same collective steps."""
         main = self.world.is_main
         log, save = main and self.should_log(), main and self.should_save_time()
-        log, save, stopping = self.world.any([log, save, stop.requested], self.agent.device)
+        log, save, stopping = self.world.any([log, save, stop.requested])
         if stopping and not stop.requested:
             stop.request()
         return log, save
@@ -211,9 +212,9 @@ class Loop:
             carry = self.train_state
             out = self.agent.train(batch, carry)
             self.train_state = out.carry
-            if out.replay and not out.metrics.get("nonfinite"):
+            metrics = to_floats(out.metrics)  # read back from the device once per update
+            if out.replay and not metrics.get("nonfinite"):
                 self.replay.update(out.replay)  # refresh the latents of the trained steps
-            metrics = {k: float(v) for k, v in out.metrics.items()}
             self._check_finite(metrics)
             if self._bounds_due(metrics):
                 metrics.update(self.agent.bounds(batch, carry, self.config.bound_particles))
@@ -290,7 +291,7 @@ class Loop:
             "frames": c.step * self.action_repeat,
             "updates": c.updates,
             # Each rank counts its own episodes; all ranks log the total.
-            "episodes": self.world.sum(c.episodes, self.agent.device),
+            "episodes": self.world.sum(c.episodes),
             "nonfinite": c.nonfinite,
         }
 

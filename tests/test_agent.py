@@ -12,6 +12,7 @@ from agent.actor_critic import Imagination, imag_cont
 from configs.loader import load_config
 from envs.spaces import ActionSpace, ArraySpec
 from nets.onehot import Features
+from util.transfers import to_floats
 from world_model.rssm import RSSMState
 
 B, T = 3, 6
@@ -52,6 +53,12 @@ def batch(act_space=DISCRETE, seed=0, obs_space=OBS):
     return data
 
 
+def train(agent, data, carry=None):
+    """`Agent.train` with its metrics read back as python floats, as the loop logs them."""
+    out = agent.train(data, carry)
+    return out._replace(metrics=to_floats(out.metrics))
+
+
 def params(agent):
     return {
         f"{name}.{k}": v.detach().clone()
@@ -67,7 +74,7 @@ def sampler(agent):
 
 def steps(agent):
     """Updates the (v2, LaProp) optimizer has applied."""
-    return agent.optim.optimizers["all"].param_groups[0]["step"]
+    return int(agent.optim.optimizers["all"].param_groups[0]["count"])
 
 
 def serialized(obj):
@@ -80,7 +87,7 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     agent = make()
     before = params(agent)
     data = batch()
-    state, replay, metrics = agent.train(data, None)
+    state, replay, metrics = train(agent, data, None)
     # With replay context the next batch starts from its own stored latent: no carry; the trained steps'
     # posteriors go back to the replay, addressed by their stepid.
     assert state is None and replay.keys() == {"stepid", "context/deter", "context/stoch"}
@@ -101,7 +108,7 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
     # the return normalizer (a running statistic) has moved.
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items() if "retnorm" not in k)
-    state, _, metrics = agent.train(batch(seed=1), state)
+    state, _, metrics = train(agent, batch(seed=1), state)
     after = params(agent)
     changed = [k for k, v in before.items() if not torch.equal(after[k], v)]
     assert any(k.startswith("wm.") for k in changed) and any(k.startswith("ac.actor") for k in changed)
@@ -113,11 +120,11 @@ def test_train_reports_every_metric_and_updates_after_the_zero_lr_step():
 
 def test_nonfinite_batch_skips_the_update_entirely():
     agent = make()
-    state, _, _ = agent.train(batch(), None)
+    state, _, _ = train(agent, batch(), None)
     before, optim_before = params(agent), serialized(agent.optim.state_dict())
     bad = batch(seed=1)
     bad["vector"][0, 2, 1] = np.nan
-    _, _, metrics = agent.train(bad, state)
+    _, _, metrics = train(agent, bad, state)
     assert metrics["nonfinite"] == 1.0 and steps(agent) == 1
     after = params(agent)
     assert all(torch.equal(after[k], v) for k, v in before.items())
@@ -240,7 +247,7 @@ def test_imagined_continuation_per_variant(monkeypatch, presets, kind):
 
 def test_state_dict_round_trip_through_weights_only_load():
     agent = make(overrides={"optim": {"warmup": 0}})
-    state, _, _ = agent.train(batch(), None)
+    state, _, _ = train(agent, batch(), None)
     agent.train(batch(seed=1), state)
     buf = io.BytesIO()
     torch.save(agent.state_dict(), buf)
@@ -323,7 +330,7 @@ def test_variants_train(presets, act_space):
     agent = make(presets, act_space=act_space)
     state = None
     for seed in range(2):
-        state, _, metrics = agent.train(batch(act_space, seed), state)
+        state, _, metrics = train(agent, batch(act_space, seed), state)
     assert metrics["nonfinite"] == 0.0 and all(np.isfinite(v) for v in metrics.values())
     if "v1" in presets:
         assert "loss/repval" not in metrics and set(agent.optim.optimizers) == {"model", "actor", "critic"}
@@ -331,7 +338,7 @@ def test_variants_train(presets, act_space):
 
 def test_bfloat16_autocast_trains_and_acts():
     agent = make(overrides={"run": {"precision": "bfloat16"}})
-    state, _, metrics = agent.train(batch(), None)
+    state, _, metrics = train(agent, batch(), None)
     assert metrics["nonfinite"] == 0.0 and np.isfinite(metrics["loss/total"])
     action, pstate = agent.policy({k: v[:, 0] for k, v in batch().items()}, None)
     assert pstate.latent.deter.dtype == torch.float32 and action.shape == (B, 2)
@@ -372,9 +379,9 @@ def test_compiled_heads_give_the_updates_of_eager_ones():
     assert compiled.state_dict()["actor_critic"].keys() == eager.state_dict()["actor_critic"].keys()
     for step in range(3):
         torch.manual_seed(step)
-        _, _, expected = eager.train(batch(seed=step))
+        _, _, expected = train(eager, batch(seed=step))
         torch.manual_seed(step)
-        _, _, got = compiled.train(batch(seed=step))
+        _, _, got = train(compiled, batch(seed=step))
         for key in ("loss/rec", "loss/dyn", "loss/policy", "loss/value", "loss/total"):
             assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
     for module in ("wm", "ac"):

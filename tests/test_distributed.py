@@ -64,8 +64,8 @@ def _collectives(rank: int, port: int, out: str) -> None:
         net = torch.nn.Linear(4, 3)
         world.broadcast_modules(net)
         results["weights"] = fingerprint(net.state_dict())
-        results["any"] = world.any([rank == 1, False], torch.device("cpu"))
-        results["sum"] = world.sum(rank + 2.5, torch.device("cpu"))
+        results["any"] = world.any([rank == 1, False])
+        results["sum"] = world.sum(rank + 2.5)
         results["gathered"] = world.gather_object({"rank": rank})
         world.barrier()
     finally:
@@ -143,6 +143,7 @@ def captured_init(monkeypatch) -> dict:
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, "new_group", lambda **kw: seen.setdefault("host_group", kw) and "host group")
     return seen
 
 
@@ -150,12 +151,14 @@ def test_the_group_gets_the_configured_timeout_and_on_cuda_the_ranks_device(monk
     from datetime import timedelta
 
     seen = captured_init(monkeypatch)
-    init_world("auto", "cpu", timeout_s=5400)
+    assert init_world("auto", "cpu", timeout_s=5400).host_group is None  # gloo: host values use the group
     assert seen == {"backend": "gloo", "timeout": timedelta(seconds=5400), "device_id": None}
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.update(set_device=device))
-    init_world("nccl", "cuda", timeout_s=7200)
+    world = init_world("nccl", "cuda", timeout_s=7200)
     expected = {"backend": "nccl", "timeout": timedelta(seconds=7200), "device_id": torch.device("cuda", 1)}
-    assert seen == {**expected, "set_device": 1}
+    # Beside nccl, flags and counts are agreed over a gloo group: never behind the GPU's queue.
+    host = {"backend": "gloo", "timeout": timedelta(seconds=7200)}
+    assert seen == {**expected, "set_device": 1, "host_group": host} and world.host_group == "host group"
 
 
 def test_train_passes_run_dist_timeout_s_to_the_group(monkeypatch, tmp_path):

@@ -115,7 +115,8 @@ def test_retnorm_update_is_pure_until_committed():
     ret = torch.linspace(0, 1, 101)
     stats = retnorm.update(ret)
     assert retnorm.lo.item() == retnorm.hi.item() == 0.0
-    again = percentile_ema(RetStats(torch.tensor(0.0), torch.tensor(0.0)), ret, 0.5, 5.0, 95.0)
+    zero = RetStats(torch.tensor(0.0), torch.tensor(0.0))
+    again = percentile_ema(zero, ret, 0.5, torch.tensor([0.05, 0.95]))
     assert torch.equal(stats.lo, again.lo) and torch.equal(stats.hi, again.hi)
     # Non-finite returns give non-finite statistics, which the agent never commits (its update is
     # skipped as a whole, test_agent).
