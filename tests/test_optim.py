@@ -183,3 +183,29 @@ def test_bad_optimizer_config_errors():
         Optimizer(dataclasses.replace(cfg, kind="adam"), {"model": nn.Linear(2, 2)})
     with pytest.raises(ValueError, match="betas"):
         LaProp([nn.Parameter(torch.ones(1))], betas=(0.9, 1.0))
+
+
+def test_laprop_counts_on_the_parameters_device_and_loads_a_count_saved_as_an_int_step():
+    p = nn.Parameter(torch.ones(3))
+    opt = LaProp([p], lr=1.0, warmup=4, agc=0.0)
+    for _ in range(2):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    saved = opt.state_dict()
+    assert (
+        saved["param_groups"][0]["count"].dtype == torch.float64
+        and int(saved["param_groups"][0]["count"]) == 2
+    )
+    # A checkpoint from before the count was a tensor holds the int "step" instead.
+    group = {k: v for k, v in saved["param_groups"][0].items() if k != "count"}
+    old = {"state": saved["state"], "param_groups": [{**group, "step": 2}]}
+    q = nn.Parameter(p.detach().clone())
+    again = LaProp([q], lr=1.0, warmup=4, agc=0.0)
+    again.load_state_dict(old)
+    assert "step" not in again.param_groups[0] and again.param_groups[0]["count"].item() == 2.0
+    assert again.current_lr().item() == opt.current_lr().item() == 0.5
+    # Applied only where the device says so: a skipped step changes nothing, not even the count.
+    q.grad = torch.ones_like(q)
+    before = q.detach().clone()
+    again.step(applied=torch.tensor(False))
+    assert torch.equal(q.detach(), before) and again.param_groups[0]["count"].item() == 2.0
