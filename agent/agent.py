@@ -117,6 +117,7 @@ class Agent:
         scales = {**dataclasses.asdict(wm_config.loss_scales), **dataclasses.asdict(ac_config.loss_scales)}
         self.scales = {k: float(v) for k, v in scales.items()}
         self.world: Any = None  # set by `data_parallel`
+        self.grads: Any = None  # the world's gradient averager, set by `data_parallel`
         if compile:
             self.compile_heads()
 
@@ -266,10 +267,8 @@ class Agent:
         """Gradients of `total` into `.grad`; returns the loss the optimizer step checks. Under
         `data_parallel` the gradients and the loss are averaged over all replicas."""
         self.optim.zero_grad()
-        total.backward()
-        if self.world is None:
-            return total
-        return self.world.average_grads([p for m in (self.wm, self.ac) for p in m.parameters()], total)
+        total.backward()  # under `data_parallel` the averaging starts while this runs
+        return total if self.grads is None else self.grads.finish(total)
 
     def step(self, total: Tensor, retstats: RetStats) -> dict[str, Tensor | float]:
         """The optimizer step, the return normalizer's new statistics and the slow critic's EMA, or
@@ -286,8 +285,9 @@ class Agent:
 
     def data_parallel(self, world: Any) -> None:
         """Train as one replica among several: `world` (a `run.distributed.World`) averages the gradients
-        after each backward pass, and the return percentiles pool the returns of all replicas."""
+        during each backward pass, and the return percentiles pool the returns of all replicas."""
         self.world = world
+        self.grads = world.grad_averager([p for m in (self.wm, self.ac) for p in m.parameters()])
 
     def _gather(self, x: Tensor) -> Tensor:
         return x if self.world is None else self.world.all_gather(x)

@@ -55,7 +55,6 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
         world.broadcast_modules(agent.wm, agent.ac)
         agent.data_parallel(world)
     batch = config_batch(config, OBS_SPACES[args.obs], seed=rank)
-    grads = [p for m in (agent.wm, agent.ac) for p in m.parameters()]
     state, times, reduce_times = None, [], []
     for i in range(args.warmup + args.repeats):
         sync(agent.device)
@@ -63,8 +62,8 @@ def worker(rank: int, size: int, port: int, args: argparse.Namespace, out: str) 
         state, _, _ = agent.train(batch, state)
         sync(agent.device)
         t1 = time.perf_counter()
-        if world.distributed:  # one extra gradient all-reduce, timed alone
-            world.average_grads(grads, torch.zeros((), device=agent.device))
+        if world.distributed:  # one extra gradient all-reduce of every bucket, timed alone
+            agent.grads.finish(torch.zeros((), device=agent.device))
         sync(agent.device)
         t2 = time.perf_counter()
         if i >= args.warmup:

@@ -19,7 +19,7 @@ average, as in a single process (see the README for the trade-offs).
 
 Without torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) nothing here touches
 torch.distributed: the world is one process, whose collective operations are no-ops (`any` returns its
-flags, `sum` its value, `all_gather` its input, `average_grads` the loss, ...). So the loop and the
+flags, `sum` its value, `all_gather` its input, `grad_averager` None, ...). So the loop and the
 agent take the same calls in one process as across ranks.
 """
 
@@ -66,24 +66,10 @@ class World:
 
     # --- what the agent needs ---------------------------------------------------------------------
 
-    def average_grads(self, params: list[Tensor], loss: Tensor) -> Tensor:
-        """Average the `.grad` of `params` and `loss` over all ranks in one all-reduce, in place.
-
-        Parameters without a gradient are skipped (the same ones on every rank: the graph is the same).
-        A non-finite gradient on any rank makes the average non-finite on every rank, so all ranks skip
-        that update together. Returns the averaged loss (detached); one process: `loss` as it is.
-        """
-        if not self.distributed:
-            return loss
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([loss.detach().float().reshape(1), *(g.reshape(-1) for g in grads)])
-        dist.all_reduce(flat)
-        flat /= self.size
-        offset = 1
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-        return flat[0]
+    def grad_averager(self, params: list[Tensor], bucket_mb: float = 25.0) -> GradAverager | None:
+        """What averages the gradients of `params` over all ranks during each backward pass (see
+        `GradAverager`); None in one process."""
+        return GradAverager(params, self.size, bucket_mb) if self.distributed else None
 
     def all_gather(self, x: Tensor) -> Tensor:
         """Concatenate `x` (the same shape on every rank) from all ranks along dim 0, in rank order."""
@@ -160,6 +146,77 @@ class World:
         connections down while a peer still uses them makes that peer abort."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class GradAverager:
+    """Averages `.grad` over all ranks while the backward pass still runs, as DDP does, without its
+    module wrapper (an update calls the world model's modules many times per backward pass).
+
+    The parameters are split in reverse order (about the order in which backward completes their
+    gradients) into buckets of about `bucket_mb`. A hook counts each parameter whose gradient is fully
+    accumulated; once every parameter of the next bucket has its gradient, that bucket's all-reduce
+    starts without blocking, so buckets start in the same order on every rank and overlap the rest of
+    the backward pass. `finish(loss)` starts the buckets left (those holding a parameter without a
+    gradient), waits for all, writes the averages into `.grad` and returns the averaged loss.
+
+    Parameters without a gradient (the same ones on every rank: the graph is the same) stay without one.
+    A non-finite gradient on any rank makes the average non-finite on every rank, so all ranks skip that
+    update together.
+    """
+
+    def __init__(self, params: list[Tensor], size: int, bucket_mb: float = 25.0):
+        self.size = size
+        self.buckets: list[list[Tensor]] = [[]]
+        limit, used = bucket_mb * 2**20, 0.0
+        for p in reversed([p for p in params if p.requires_grad]):
+            if used >= limit:
+                self.buckets.append([])
+                used = 0.0
+            self.buckets[-1].append(p)
+            used += p.numel() * p.element_size()
+        self.bucket_of = {id(p): i for i, bucket in enumerate(self.buckets) for p in bucket}
+        for bucket in self.buckets:
+            for p in bucket:
+                p.register_post_accumulate_grad_hook(self._on_grad)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ready = [0] * len(self.buckets)
+        self.started: list[tuple[list[Tensor], Tensor, Any]] = []
+
+    def _on_grad(self, p: Tensor) -> None:
+        self.ready[self.bucket_of[id(p)]] += 1
+        while len(self.started) < len(self.buckets):
+            i = len(self.started)
+            if self.ready[i] < len(self.buckets[i]):
+                break
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        params = [p for p in self.buckets[i] if p.grad is not None]
+        if not params:  # the same on every rank: nothing to exchange
+            self.started.append(([], None, None))
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        self.started.append((params, flat, dist.all_reduce(flat, async_op=True)))
+
+    def finish(self, loss: Tensor) -> Tensor:
+        """Complete this backward pass's averages (see the class); returns the averaged loss, detached."""
+        while len(self.started) < len(self.buckets):
+            self._start(len(self.started))
+        loss = loss.detach().float().reshape(1).clone()
+        dist.all_reduce(loss)
+        for params, flat, work in self.started:
+            if work is None:
+                continue
+            work.wait()
+            flat /= self.size
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+        self._reset()
+        return loss[0] / self.size
 
 
 def check_replicas(ranks: list[dict]) -> None:

@@ -43,16 +43,19 @@ def _collectives(rank: int, port: int, out: str) -> None:
     world = init_world("auto", "cpu")
     results = {"backend": world.backend}
     try:
-        # Gradients and loss averaged; a parameter without a gradient stays without one.
-        a, b, unused = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+        # Gradients and loss averaged; a parameter without a gradient stays without one. Buckets of one
+        # parameter each, [b], [a], [unused] (reverse order): those of b and a start during backward.
+        unused, a, b = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
         torch.optim.Adam([a, b])  # as in training: imports torch's lazily imported modules after init
-        a.grad = torch.full((3,), float(rank + 1))
-        b.grad = torch.arange(3.0) * (rank + 1)
-        loss = world.average_grads([a, b, unused], torch.tensor(10.0 * (rank + 1)))
+        grads = world.grad_averager([unused, a, b], bucket_mb=1e-6)
+        ((rank + 1) * (a.sum() + (torch.arange(3.0) * b).sum())).backward()
+        results["started_in_backward"] = len(grads.started)
+        loss = grads.finish(torch.tensor(10.0 * (rank + 1)))
         results.update(a=a.grad.tolist(), b=b.grad.tolist(), unused=unused.grad, loss=float(loss))
         # A non-finite gradient on one rank reaches every rank.
-        a.grad = torch.full((3,), float("nan") if rank == 1 else 1.0)
-        world.average_grads([a], torch.tensor(0.0))
+        a.grad = b.grad = None
+        (a.sum() * (float("nan") if rank == 1 else 1.0)).backward()
+        grads.finish(torch.tensor(0.0))
         results["nan"] = bool(torch.isnan(a.grad).all())
         # The return normalizer's percentiles over both ranks' returns.
         torch.manual_seed(rank)
@@ -95,8 +98,9 @@ def test_closing_the_world_joins_the_process_groups_threads(collectives):
         assert not [name for name in r["threads"] if "gloo" in name], r["threads"]
 
 
-def test_gradients_and_loss_are_averaged_over_ranks(collectives):
+def test_gradients_and_loss_are_averaged_over_ranks_starting_during_backward(collectives):
     for r in collectives:
+        assert r["started_in_backward"] == 2
         assert r["a"] == [1.5, 1.5, 1.5]
         assert r["b"] == [0.0, 1.5, 3.0]
         assert r["unused"] is None
