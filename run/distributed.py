@@ -3,9 +3,9 @@
     torchrun --standalone --nproc_per_node 2 train.py --configs cartpole small --logdir runs/x
 
 Every rank runs the whole loop on its own envs (distinct seeds) and its own replay shard
-(`<logdir>/replay/rank<r>`). After each backward pass the gradients (and the loss) are averaged across
-ranks with one all-reduce, so every rank applies the same optimizer step and all ranks hold identical
-weights. The return normalizer computes its percentiles over the returns of all ranks, logged scalars are
+(`<logdir>/replay/rank<r>`). The gradients are averaged across ranks in buckets that start during each
+backward pass (`GradAverager`), and the loss after it, so every rank applies the same optimizer step and
+all ranks hold identical weights. The return normalizer computes its percentiles over the returns of all ranks, logged scalars are
 averaged over all ranks (episode statistics pool every rank's episodes), and only rank 0 evaluates,
 renders videos, writes logs and writes checkpoints; a checkpoint holds every rank's own state (replay
 sampler, training carry, counters, random states) beside the shared weights, so a resume on the same
