@@ -205,19 +205,25 @@ class Loop:
         return act
 
     def train_updates(self, count: int) -> list[dict[str, float]]:
-        """Run `count` updates on replay batches; returns their metrics. Stops a diverged run."""
+        """Run `count` updates on replay batches; returns their metrics. Stops a diverged run.
+
+        The next batch is gathered while the device runs an update (nothing in an update makes the host
+        wait), so it holds the stored latents from before that update's write-back, as the reference's
+        prefetching dataset does. Prefetching stays within one call: a checkpoint never falls between a
+        batch's sampling and its update."""
         history = []
-        for _ in range(count):
-            batch = self.replay.sample_torch(self.agent.device)
+        batch = self.replay.sample_torch(self.agent.device) if count > 0 else None
+        for i in range(count):
             carry = self.train_state
             out = self.agent.train(batch, carry)
+            trained, batch = batch, self.replay.sample_torch(self.agent.device) if i + 1 < count else None
             self.train_state = out.carry
             metrics = to_floats(out.metrics)  # read back from the device once per update
             if out.replay and not metrics.get("nonfinite"):
                 self.replay.update(out.replay)  # refresh the latents of the trained steps
             self._check_finite(metrics)
             if self._bounds_due(metrics):
-                metrics.update(self.agent.bounds(batch, carry, self.config.bound_particles))
+                metrics.update(self.agent.bounds(trained, carry, self.config.bound_particles))
             self.logger.scalars(metrics, prefix="train/")
             history.append(metrics)
         return history

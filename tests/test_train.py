@@ -528,6 +528,22 @@ def assert_same(a, b):
         assert a == b
 
 
+def test_the_next_batch_is_gathered_while_an_update_runs_and_only_within_one_call(tmp_path):
+    loop = train.build(config_for(tmp_path, steps=96))
+    loop.run(StopFlag())
+    events = []
+
+    def recorded(name, fn):
+        return lambda *args, **kwargs: events.append(name) or fn(*args, **kwargs)
+
+    loop.replay.sample_torch = recorded("sample", loop.replay.sample_torch)
+    loop.replay.update = recorded("write back", loop.replay.update)
+    loop.agent.train = recorded("update", loop.agent.train)
+    loop.train_updates(3)
+    # Batch k+1 is sampled before update k's latents are written back; the last update prefetches nothing.
+    assert events == ["sample"] + ["update", "sample", "write back"] * 2 + ["update", "write back"]
+
+
 def test_resumed_run_continues_bit_identically(tmp_path):
     config = config_for(tmp_path, steps=96)
     uninterrupted = train.build(config)
