@@ -6,10 +6,10 @@ Every rank runs the whole loop on its own envs (distinct seeds) and its own repl
 (`<logdir>/replay/rank<r>`). The gradients are averaged across ranks in buckets that start during each
 backward pass (`GradAverager`), and the loss after it, so every rank applies the same optimizer step and
 all ranks hold identical weights. The return normalizer computes its percentiles over the returns of all
-ranks, logged scalars are averaged over all ranks (episode statistics pool every rank's episodes), and only rank 0 evaluates,
-renders videos, writes logs and writes checkpoints; a checkpoint holds every rank's own state (replay
-sampler, training carry, counters, random states) beside the shared weights, so a resume on the same
-number of ranks continues each rank where it was.
+ranks, logged scalars are averaged over all ranks (episode statistics pool every rank's episodes), and
+only rank 0 evaluates, renders videos, writes logs and writes checkpoints; a checkpoint holds every
+rank's own state (replay sampler, training carry, counters, random states) beside the shared weights, so
+a resume on the same number of ranks continues each rank where it was.
 
 Counters are global: `run.steps` is the total over all ranks and envs, and each loop iteration adds
 `num_envs x world_size` policy steps on every rank. The effective batch of an update is
