@@ -6,7 +6,6 @@ arbitrary; the event dims are stated per class.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -18,6 +17,20 @@ LOG_2PI = math.log(2.0 * math.pi)
 TWOHOT_SPACES = ("raw", "symlog")
 # Range of the two-hot bins in symlog space (reference: linspace(-20, 20)).
 BINS_LOW, BINS_HIGH = -20.0, 20.0
+
+
+class lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
+    """`functools.cached_property` without its lock: computed on first read, then an instance attribute.
+    (Python 3.11's cached_property takes an RLock, which torch.compile cannot trace.)"""
+
+    def __init__(self, fn):
+        self.fn, self.name = fn, fn.__name__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 def _sum_last(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -43,13 +56,13 @@ class OneHotCategorical:
     def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
         self.raw, self.unimix, self.classes = logits, unimix, logits.shape[-1]
 
-    @functools.cached_property
+    @lazy
     def probs(self) -> torch.Tensor:
         if self.unimix > 0.0:
             return (1.0 - self.unimix) * F.softmax(self.raw, -1) + self.unimix / self.classes
         return self.logits.exp()
 
-    @functools.cached_property
+    @lazy
     def logits(self) -> torch.Tensor:
         if self.unimix > 0.0:
             return torch.log(self.probs)
@@ -204,13 +217,13 @@ class TwoHot:
         self.raw, self.space = logits, space
         self.bins = bins.to(logits.device, logits.dtype)
 
-    @functools.cached_property
+    @lazy
     def logits(self) -> torch.Tensor:
         """Log-probabilities of the bins [..., N] (computed on first use, as are `probs`: the mean of a
         head that is only read needs no logarithms)."""
         return F.log_softmax(self.raw, -1)
 
-    @functools.cached_property
+    @lazy
     def probs(self) -> torch.Tensor:
         return F.softmax(self.raw, -1)
 
