@@ -43,4 +43,5 @@ def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: Actio
         resolve_precision(config.run.precision, device),
         config.run.compile,
         config.replay.context,
+        config.run.compile_mode,
     )

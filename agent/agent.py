@@ -77,7 +77,7 @@ class Agent:
         device: where the modules live and the updates run.
         precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32); never
             "auto", which `make_agent` resolves (agent/precision.py).
-        compile: torch.compile the MLPs that run on all N(H+1) imagined states (`compile_heads`).
+        compile: torch.compile the heads and the recurrent steps (`compile_update`), in `compile_mode`.
         context: context steps before each replayed window (`replay.context`): the window starts from
             the latent stored at its last context step (keys `context/*`), with the action taken there.
             0: windows start from the carry `train` is given.
@@ -94,6 +94,7 @@ class Agent:
         precision: str = "float32",
         compile: bool = False,
         context: int = 0,
+        compile_mode: str = "default",
     ):
         if precision not in AUTOCAST:
             raise ValueError(
@@ -119,14 +120,15 @@ class Agent:
         self.world: Any = None  # set by `data_parallel`
         self.grads: Any = None  # the world's gradient averager, set by `data_parallel`
         if compile:
-            self.compile_heads()
+            self.compile_update(compile_mode)
 
-    def compile_heads(self) -> None:
-        """torch.compile (in place: names and state dicts stay the same) the MLPs that run on every
-        imagined state, where most of an update's time goes. The recurrent step stays eager (compiling
-        it gained nothing on CPU), and so do the encoder and decoder (compiled, their backward pass was
-        slower on CPU). A compilation failure raises at the first call: no silent fall back to eager
-        execution, whose speed would differ from the one asked for."""
+    def compile_update(self, mode: str = "default") -> None:
+        """torch.compile (in place: names and state dicts stay the same) where an update's time goes: the
+        MLPs that run on every imagined state, and the recurrent steps (posterior and prior, each one
+        graph), which the Python loops of `observe` and `imagine` call once per time step. `mode` is
+        torch.compile's ("reduce-overhead": CUDA graphs on a GPU). The encoder and decoder stay eager
+        (compiled, their backward pass was slower on CPU). A compilation failure raises at the first call:
+        no silent fall back to eager execution, whose speed would differ from the one asked for."""
         heads = (
             self.ac.actor.net,
             self.ac.critic.net,
@@ -135,7 +137,10 @@ class Agent:
             self.wm.cont.mlp,
         )
         for net in heads:
-            net.compile(dynamic=True)
+            net.compile(dynamic=True, mode=mode)
+        rssm = self.wm.rssm
+        rssm._obs_step = torch.compile(rssm._obs_step, mode=mode)
+        rssm.img_step = torch.compile(rssm.img_step, mode=mode)
 
     # --- acting ----------------------------------------------------------------------------------
     def initial_policy_state(self, num_envs: int) -> PolicyState:

@@ -367,6 +367,8 @@ EVAL_POLICIES: tuple[str, ...] = get_args(EvalPolicy)
 # torch.distributed backend: "auto" picks nccl on CUDA, gloo on the CPU.
 DistBackend = Literal["auto", "nccl", "gloo"]
 DIST_BACKENDS: tuple[str, ...] = get_args(DistBackend)
+# torch.compile modes (`run.compile_mode`).
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
 
 
 @dataclass(frozen=True)
@@ -425,9 +427,13 @@ class RunConfig:
     # (dreamerv3/configs.yaml `jax.compute_dtype: bfloat16`, with `jax.platform: cuda`).
     precision: Precision = "auto"
     # torch.compile the MLPs that run on every imagined state (actor, critic, slow critic, reward and
-    # continue heads); a compilation failure stops the run with torch's error. Costs ~30 s of compilation
-    # at the start.
+    # continue heads) and the recurrent steps (posterior and prior); a compilation failure stops the run
+    # with torch's error. Costs minutes of compilation at the start on a CPU.
     compile: bool = False
+    # torch.compile's mode with `compile`: "default", "reduce-overhead" (CUDA graphs on a GPU: the
+    # launch overhead of the many small kernels of a recurrent step goes; shapes must stay the same) or
+    # "max-autotune".
+    compile_mode: CompileMode = "default"
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
     dist_backend: DistBackend = "auto"
     # Seconds a rank waits in a collective before the group aborts. Only rank 0 evaluates, so the other
