@@ -41,7 +41,7 @@ def make_agent(config: Config, obs_space: dict[str, ArraySpec], act_space: Actio
         act_space,
         device,
         resolve_precision(config.run.precision, device),
-        config.run.compile,
+        config.run.compile_mode if config.run.compile else None,
         config.replay.context,
-        config.run.compile_mode,
+        config.run.compile_fallback,
     )

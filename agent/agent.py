@@ -77,7 +77,8 @@ class Agent:
         device: where the modules live and the updates run.
         precision: "float32", or "bfloat16" for autocast forward passes (parameters stay float32); never
             "auto", which `make_agent` resolves (agent/precision.py).
-        compile: torch.compile the heads and the recurrent steps (`compile_update`), in `compile_mode`.
+        compile: torch.compile's mode ("default", "reduce-overhead", ...) to compile the heads and the
+            recurrent steps in (`compile_update`); None runs eagerly. `compile_fallback`: see there.
         context: context steps before each replayed window (`replay.context`): the window starts from
             the latent stored at its last context step (keys `context/*`), with the action taken there.
             0: windows start from the carry `train` is given.
@@ -92,9 +93,9 @@ class Agent:
         act_space: ActionSpace,
         device: torch.device,
         precision: str = "float32",
-        compile: bool = False,
+        compile: str | None = None,
         context: int = 0,
-        compile_mode: str = "default",
+        compile_fallback: bool = False,
     ):
         if precision not in AUTOCAST:
             raise ValueError(
@@ -119,16 +120,21 @@ class Agent:
         self.scales = {k: float(v) for k, v in scales.items()}
         self.world: Any = None  # set by `data_parallel`
         self.grads: Any = None  # the world's gradient averager, set by `data_parallel`
-        if compile:
-            self.compile_update(compile_mode)
+        if compile is not None:
+            self.compile_update(compile, compile_fallback)
 
-    def compile_update(self, mode: str = "default") -> None:
+    def compile_update(self, mode: str = "default", fallback: bool = False) -> None:
         """torch.compile (in place: names and state dicts stay the same) where an update's time goes: the
         MLPs that run on every imagined state, and the recurrent steps (posterior and prior, each one
         graph), which the Python loops of `observe` and `imagine` call once per time step. `mode` is
         torch.compile's ("reduce-overhead": CUDA graphs on a GPU). The encoder and decoder stay eager
         (compiled, their backward pass was slower on CPU). A compilation failure raises at the first call:
-        no silent fall back to eager execution, whose speed would differ from the one asked for."""
+        no silent fall back to eager execution, whose speed would differ from the one asked for, unless
+        `fallback` turns on dynamo's process-wide `suppress_errors` (a warning, then eager execution)."""
+        if fallback:
+            import torch._dynamo as dynamo
+
+            dynamo.config.suppress_errors = True
         heads = (
             self.ac.actor.net,
             self.ac.critic.net,

@@ -434,6 +434,9 @@ class RunConfig:
     # launch overhead of the many small kernels of a recurrent step goes; shapes must stay the same) or
     # "max-autotune".
     compile_mode: CompileMode = "default"
+    # With `compile`: a function that fails to compile runs eagerly (torch's warning says so) instead of
+    # stopping the run; this turns on dynamo's process-wide `suppress_errors`.
+    compile_fallback: bool = False
     # torch.distributed backend under torchrun: "auto" (nccl on CUDA, gloo on the CPU), "nccl" or "gloo".
     dist_backend: DistBackend = "auto"
     # Seconds a rank waits in a collective before the group aborts. Only rank 0 evaluates, so the other

@@ -458,13 +458,17 @@ def test_a_window_starts_from_the_latent_stored_at_its_context_step():
         agent.loss({k: v for k, v in data.items() if k != "context/deter"}, None)
 
 
-def test_compiling_leaves_compilation_errors_loud():
+def test_compiling_leaves_compilation_errors_loud(monkeypatch):
     """run.compile must not turn on dynamo's process-wide `suppress_errors`: a failure would then run the
     module eagerly, at a speed other than the one asked for, with only a log line to say so."""
     import torch._dynamo
 
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # restored after the test
     make(overrides={"run": {"compile": True}})
     assert torch._dynamo.config.suppress_errors is False
+    # ...unless the run asks for the fall back.
+    make(overrides={"run": {"compile": True, "compile_fallback": True}})
+    assert torch._dynamo.config.suppress_errors is True
 
 
 def test_bounds_of_a_training_batch_start_where_its_loss_does():
