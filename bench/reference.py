@@ -22,8 +22,10 @@ folder, which resumes it: ours from its checkpoint (train.py), the official from
 `load_or_save`).
 
 Outputs in OUT: `reference.csv` (side, task, seed, step, seconds, return), `reference.png` (return vs
-env steps and vs wall-clock seconds, one column per task), `settings.json` (the official flags, the
-settings that still differ, and the differences no config key expresses); the differences are printed.
+env steps and vs wall-clock seconds, one column per task), `final.json` (per complete run, the mean
+return over the last 20% of its budget; printed per task as our mean against the official's seed range),
+`settings.json` (the official flags, the settings that still differ, and the differences no config key
+expresses); the differences are printed.
 Official episode returns come from `episodes.jsonl` (one per episode, with wall-clock seconds since the
 launch). Ours from `metrics.jsonl`: `episode/return` is the mean return of the episodes that ended in a
 log interval (10 s), and the seconds of a row are rebuilt from the log intervals (steps over
@@ -61,6 +63,7 @@ SIDES = ("ours", "official")
 TASK_ENV_IDS = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}  # our task presets
 DONE_FILE = "reference_done.json"
 CURVE_FIELDS = ("side", "task", "seed", "step", "seconds", "return")
+FINAL_SHARE = 0.2  # returns are compared over this last share of each run's budget
 SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OMP_WAIT_POLICY": "PASSIVE",
@@ -383,8 +386,58 @@ def plot_side(ax, rows: list[dict], x_key: str, side: str, color: str) -> None:
         ax.plot(grid, mean, lw=2.2, color=color, label=f"{side} (mean of {len(records)})")
 
 
+def final_returns(out: Path, curves: list[dict], tasks: list[str], seeds: list[int]) -> list[dict]:
+    """Per complete run: its mean return over the episodes logged in the last `FINAL_SHARE` of its
+    budget (ours logs interval means, which are averaged as they are)."""
+    finals = []
+    for side in SIDES:
+        for task in tasks:
+            for seed in seeds:
+                done = run_dir(out, side, task, seed) / DONE_FILE
+                if not done.exists():
+                    continue
+                budget = json.loads(done.read_text())["steps"]
+                key = (side, task, seed)
+                rets = [
+                    r["return"]
+                    for r in curves
+                    if (r["side"], r["task"], r["seed"]) == key and r["step"] > (1 - FINAL_SHARE) * budget
+                ]
+                if rets:
+                    finals.append(
+                        {
+                            "side": side,
+                            "task": task,
+                            "seed": seed,
+                            "budget": budget,
+                            "final": float(np.mean(rets)),
+                        }
+                    )
+    return finals
+
+
+def verdicts(finals: list[dict], tasks: list[str]) -> list[str]:
+    """Per task: our mean over seeds of the final returns against the official's seed range."""
+    lines = []
+    for task in tasks:
+        per_side = {side: [f for f in finals if f["task"] == task and f["side"] == side] for side in SIDES}
+        if not all(per_side.values()):
+            continue
+        ours = float(np.mean([f["final"] for f in per_side["ours"]]))
+        theirs = [f["final"] for f in per_side["official"]]
+        lo, hi = min(theirs), max(theirs)
+        verdict = "above the official's range" if ours > hi else "within it" if ours >= lo else "below it"
+        seeds = {side: ", ".join(f"{f['final']:.1f}" for f in rows) for side, rows in per_side.items()}
+        lines.append(
+            f"{task}: last {FINAL_SHARE:.0%} of the budget, ours {ours:.1f} (seeds {seeds['ours']}), "
+            f"official {lo:.1f} to {hi:.1f} (seeds {seeds['official']}): {verdict}"
+        )
+    return lines
+
+
 def report(args: argparse.Namespace, out: Path, official: dict | None) -> None:
-    """Write reference.csv, reference.png and settings.json; print the settings that differ."""
+    """Write reference.csv, reference.png, final.json and settings.json; print the settings that differ
+    and, per task, our final returns against the official's seed range."""
     ours = our_config(
         [args.tasks[0], *args.configs], ["--run.steps", str(args.steps), *set_overrides(args.set)]
     )
@@ -400,7 +453,11 @@ def report(args: argparse.Namespace, out: Path, official: dict | None) -> None:
     curves = collect_curves(out, args.tasks, args.seeds)
     write_csv(out / "reference.csv", CURVE_FIELDS, curves)
     plot_curves(curves, args.tasks, out / "reference.png")
-    print(f"written: {out / 'reference.csv'}, {out / 'reference.png'}, {out / 'settings.json'}")
+    finals = final_returns(out, curves, args.tasks, args.seeds)
+    (out / "final.json").write_text(json.dumps(finals, indent=2) + "\n")
+    print("\n".join(verdicts(finals, args.tasks)))
+    names = ("reference.csv", "reference.png", "final.json", "settings.json")
+    print("written: " + ", ".join(str(out / name) for name in names))
 
 
 def read_official_config(args: argparse.Namespace) -> dict | None:

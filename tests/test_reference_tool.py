@@ -121,3 +121,41 @@ def test_the_differences_no_key_expresses_follow_our_start_and_replay_context():
         reference.REPLAY_CONTEXT,
         *reference.STRUCTURAL_DIFFERENCES,
     )
+
+
+def test_final_returns_of_complete_runs_against_the_official_seed_range(tmp_path):
+    """The mean return over the last 20% of each complete run's budget; ours averaged over seeds and
+    placed against the official's seed range. An unfinished run is left out."""
+    for seed, (official, ours) in enumerate([(100.0, 300.0), (200.0, 150.0), (250.0, 90.0)]):
+        for side, final in (("official", official), ("ours", ours)):
+            logdir = reference.run_dir(tmp_path, side, "cartpole", seed)
+            rows = [
+                {"step": 100, "final": 0.0},
+                {"step": 850, "final": final - 10},
+                {"step": 990, "final": final + 10},
+            ]
+            if side == "official":
+                write_jsonl(
+                    logdir / "episodes.jsonl",
+                    [{"step": r["step"], "score": r["final"], "time": 1.0} for r in rows],
+                )
+            else:
+                write_jsonl(
+                    logdir / "metrics.jsonl",
+                    [{"step": r["step"], "fps/policy": 10.0, "episode/return": r["final"]} for r in rows],
+                )
+            if seed < 2 or side == "official":
+                reference.mark_complete(logdir, 1000, 1.0)
+    curves = reference.collect_curves(tmp_path, ["cartpole"], [0, 1, 2])
+    finals = reference.final_returns(tmp_path, curves, ["cartpole"], [0, 1, 2])
+    assert [(f["side"], f["seed"], f["final"]) for f in finals] == [
+        ("ours", 0, 300.0), ("ours", 1, 150.0),
+        ("official", 0, 100.0), ("official", 1, 200.0), ("official", 2, 250.0),
+    ]  # fmt: skip
+    (line,) = reference.verdicts(finals, ["cartpole", "pendulum"])
+    assert line.startswith(
+        "cartpole: last 20% of the budget, ours 225.0 (seeds 300.0, 150.0), official 100.0 to 250.0"
+    )
+    assert line.endswith("within it")
+    above = [dict(f, final=400.0) if f["side"] == "ours" else f for f in finals]
+    assert reference.verdicts(above, ["cartpole"])[0].endswith("above the official's range")
