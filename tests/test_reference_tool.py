@@ -111,12 +111,11 @@ def test_a_complete_run_is_skipped_and_an_unfinished_one_runs(tmp_path):
 
 
 def test_the_differences_no_key_expresses_follow_our_start_and_replay_context():
-    ours = reference.our_config(["cartpole", "small"], [])
-    assert reference.structural_differences(ours)[0] == reference.PREFILL  # the default random prefill
-    assert reference.REPLAY_CONTEXT not in reference.structural_differences(ours)
-    v1 = reference.our_config(
-        ["cartpole", "small"], reference.set_overrides(["run.prefill=0", "replay.context=0"])
-    )
+    ours = reference.our_config(["cartpole", "small"], [])  # the reference's start and replay context
+    assert reference.structural_differences(ours) == reference.STRUCTURAL_DIFFERENCES
+    prefilled = reference.our_config(["cartpole", "small"], reference.set_overrides(["run.prefill=1024"]))
+    assert reference.structural_differences(prefilled)[0] == reference.PREFILL
+    v1 = reference.our_config(["cartpole", "small"], reference.set_overrides(["replay.context=0"]))
     assert reference.structural_differences(v1) == (
         reference.REPLAY_CONTEXT,
         *reference.STRUCTURAL_DIFFERENCES,
