@@ -85,7 +85,7 @@ class RetNorm(nn.Module):
             raise ValueError(
                 f"actor_critic.retnorm_low/high must satisfy 0 <= low < high <= 100, got {low}, {high}"
             )
-        self.decay, self.low, self.high, self.limit = decay, low, high, limit
+        self.decay, self.limit = decay, limit
         self.register_buffer("lo", torch.zeros((), dtype=torch.float32))
         self.register_buffer("hi", torch.zeros((), dtype=torch.float32))
         # A buffer, so it moves with the module and an update puts nothing on the device.

@@ -211,10 +211,8 @@ class GradAverager:
                 continue
             work.wait()
             flat /= self.size
-            offset = 0
-            for p in params:
-                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
+            for p, average in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                p.grad.copy_(average.view_as(p.grad))
         self._reset()
         return loss[0] / self.size
 
