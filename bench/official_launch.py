@@ -11,7 +11,8 @@ code from `--official-src`; it imports nothing from this project.
 Arguments after `--` are the official `main.py` flags. What this script adds to the official code:
 
 - a suite `gymnasium_<EnvId>` (`GymnasiumEnv`, registered by wrapping `main.make_env`): the official
-  `from_gym.py` expects the old gym API (4-tuple step, reset without info);
+  `from_gym.py` expects the old gym API (4-tuple step, reset without info); `ImageShapes-v0` is the image
+  case of `time` (64x64x3 uint8 observations, 2 discrete actions);
 - single-threaded XLA: `embodied/jax/internal.py: setup()` overwrites `XLA_FLAGS`, so the flags are set
   again after it runs (the caller pins the process to one core with `taskset`);
 - `<logdir>/episodes.jsonl`: one row per finished episode, `{"step", "score", "time"}`, with `time` the
@@ -42,6 +43,7 @@ os.environ.update(SINGLE_THREAD_ENV)  # before jax is imported
 
 SUITE = "gymnasium"  # official task names `gymnasium_<EnvId>` run a Gymnasium env
 EPISODES_FILE = "episodes.jsonl"
+IMAGE_ENV = "ImageShapes-v0"  # registered by this script: `gymnasium_ImageShapes-v0` times image updates
 LAUNCH_TIME = time.monotonic()
 
 
@@ -66,6 +68,27 @@ def import_official(src: str):
 
 
 @functools.cache
+def register_image_env() -> None:
+    """Register `IMAGE_ENV`: the shapes `bench/update.py` times on image observations (64x64x3 uint8,
+    2 discrete actions) as a Gymnasium env, for `time` (which trains on random batches of its spaces)."""
+    import gymnasium
+    import numpy as np
+
+    class ImageShapes(gymnasium.Env):
+        observation_space = gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        action_space = gymnasium.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(self.observation_space.shape, np.uint8), {}
+
+        def step(self, action):
+            return np.zeros(self.observation_space.shape, np.uint8), 0.0, False, False, {}
+
+    gymnasium.register(IMAGE_ENV, entry_point=ImageShapes)
+
+
+@functools.cache
 def make_gymnasium_env_class():
     """`GymnasiumEnv`, defined once the official `embodied` package is importable."""
     import elements
@@ -74,19 +97,26 @@ def make_gymnasium_env_class():
     import numpy as np
 
     class GymnasiumEnv(embodied.Env):
-        """A Gymnasium env in the `embodied.Env` interface: observation `vector`, action `action`
-        (Discrete or Box), and the reward and step flags in every observation."""
+        """A Gymnasium env in the `embodied.Env` interface: observation `image` (a uint8 Box of rank 3)
+        or `vector` (any other Box), action `action` (Discrete or Box), and the reward and step flags in
+        every observation."""
 
         def __init__(self, env_id: str, seed: int):
             self._env = gymnasium.make(env_id)
             self._seed = seed  # used for the first reset only; later resets continue its stream
             self._done = True
+            space = self._env.observation_space
+            self._key = "image" if len(space.shape) == 3 and space.dtype == np.uint8 else "vector"
 
         @property
         def obs_space(self):
             space = self._env.observation_space
+            if self._key == "image":
+                obs = elements.Space(np.uint8, space.shape, 0, 255)
+            else:
+                obs = elements.Space(np.float32, space.shape, space.low, space.high)
             return {
-                "vector": elements.Space(np.float32, space.shape, space.low, space.high),
+                self._key: obs,
                 "reward": elements.Space(np.float32),
                 "is_first": elements.Space(bool),
                 "is_last": elements.Space(bool),
@@ -117,7 +147,7 @@ def make_gymnasium_env_class():
 
         def _obs(self, obs, reward, is_first=False, is_last=False, is_terminal=False):
             return {
-                "vector": np.asarray(obs, np.float32),
+                self._key: np.asarray(obs, np.uint8 if self._key == "image" else np.float32),
                 "reward": np.float32(reward),
                 "is_first": is_first,
                 "is_last": bool(is_last),
@@ -138,6 +168,8 @@ def gymnasium_env(make_env, config, index, **overrides):
     suite, task = config.task.split("_", 1)
     if suite != SUITE:
         return make_env(config, index, **overrides)
+    if task == IMAGE_ENV:
+        register_image_env()
     env = make_gymnasium_env_class()(task, seed=int(config.seed) * 1000 + index)
     return official_main.wrap_env(env, config)
 

@@ -9,7 +9,7 @@ and its virtualenv's Python, see bench/README.md); `bench/official_launch.py` ru
     python bench/reference.py report --tasks cartpole pendulum --seeds 0 1 2 --steps 3000 \\
         --out /work/reference_runs                            # CSV and PNG from the runs there
     python bench/reference.py time --official-src /work/official \\
-        --official-python /work/official-venv/bin/python --sizes size1m size12m --rounds 3
+        --official-python /work/official-venv/bin/python --sizes size1m size12m --obs vector image
 
 `learn`: a task is one of our task presets (`cartpole`, `pendulum`). Ours runs `train.py --configs
 <task> <--configs...>` (default `small`); the official side gets the same dims, batch, train ratio,
@@ -32,8 +32,10 @@ log interval (10 s), and the seconds of a row are rebuilt from the log intervals
 `fps/policy`), counted from the training loop's start.
 
 `time`: seconds per update at equal dims (our `--sizes` preset against the official preset of the same
-name, vector observations of CartPole's shapes, B16 x T64, one thread), the two sides alternating round
-by round in fresh processes: ours through `bench/update.py`, theirs through `official_launch.py time`.
+name, B16 x T64, one thread) on `--obs` observations (`vector`: CartPole's shapes; `image`: 64x64x3, 2
+discrete actions), the sides alternating round by round in fresh processes: ours through
+`bench/update.py` at `--precision`, theirs through `official_launch.py time` in each of
+`--official-precisions`; the table compares the official's fastest precision with ours.
 """
 
 from __future__ import annotations
@@ -54,12 +56,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from agent.precision import BF16_CPU_FLAGS, auto_precision, cpu_flags  # noqa: E402
 from bench.learning import run_logged, write_csv  # noqa: E402
 from configs.loader import load_config, parse_overrides  # noqa: E402
 from evaluation.compare import RunRecord, aggregate  # noqa: E402
 from run.plots import plt, read_metrics, save_figure  # noqa: E402
 
 SIDES = ("ours", "official")
+PRECISIONS = ("auto", "float32", "bfloat16")  # ours, in bench/update.py
+OFFICIAL_PRECISIONS = ("float32", "bfloat16")  # the official's jax.compute_dtype
 TASK_ENV_IDS = {"cartpole": "CartPole-v1", "pendulum": "Pendulum-v1"}  # our task presets
 DONE_FILE = "reference_done.json"
 CURVE_FIELDS = ("side", "task", "seed", "step", "seconds", "return")
@@ -97,6 +104,8 @@ WORLD_MODEL_LOSSES = ("rec", "rew", "con", "dyn", "rep")
 ACTOR_CRITIC_LOSSES = ("policy", "value", "repval")
 
 
+CODERS = ("encoder", "decoder")
+CONV_KEYS = ("mults", "kernel", "strided")  # of the image encoder and decoder
 # Settings with a counterpart in the official config. The official batch_length, like ours, is the
 # number of trained steps per sequence: its replay samples batch_length + replay_context (1) steps and
 # the first only seeds the carry, so our T is passed unchanged (T=32 trains 32 steps, samples 33). Both
@@ -117,6 +126,8 @@ KEY_PAIRS = (
     KeyPair("world_model.encoder.layers", "agent.enc.simple.layers", True),
     KeyPair("world_model.decoder.units", "agent.dec.simple.units", True),
     KeyPair("world_model.decoder.layers", "agent.dec.simple.layers", True),
+    KeyPair("world_model.encoder.depth", "agent.enc.simple.depth", True),
+    KeyPair("world_model.decoder.depth", "agent.dec.simple.depth", True),
     KeyPair("world_model.reward_head.units", "agent.rewhead.units", True),
     KeyPair("world_model.cont_head.units", "agent.conhead.units", True),
     KeyPair("actor_critic.actor.units", "agent.policy.units", True),
@@ -138,6 +149,8 @@ KEY_PAIRS = (
     KeyPair("world_model.cont_head.layers", "agent.conhead.layers"),
     KeyPair("world_model.cont_head.outscale", "agent.conhead.outscale"),
     KeyPair("world_model.cont_discount", "agent.contdisc"),
+    *(KeyPair(f"world_model.{n}.{k}", f"agent.{n[:3]}.simple.{k}") for n in CODERS for k in CONV_KEYS),
+    KeyPair("world_model.decoder.bspace", "agent.dec.simple.bspace"),
     *(KeyPair(f"world_model.loss_scales.{k}", f"agent.loss_scales.{k}") for k in WORLD_MODEL_LOSSES),
     *(KeyPair(f"actor_critic.loss_scales.{k}", f"agent.loss_scales.{k}") for k in ACTOR_CRITIC_LOSSES),
     KeyPair("actor_critic.imag_horizon", "agent.imag_length"),
@@ -470,14 +483,18 @@ def read_official_config(args: argparse.Namespace) -> dict | None:
     return json_line(launch(args, "config", [], official_flags(ours, args.tasks[0], Path("/tmp/unused"))))
 
 
-TIME_TASK = "cartpole"  # its shapes (4-dim vector, 2 discrete actions) are bench/update.py's vector case
+TIME_ENV_IDS = {"vector": TASK_ENV_IDS["cartpole"], "image": "ImageShapes-v0"}  # bench/update.py's shapes
 TIME_BATCH = ["--replay.batch_size", "16", "--replay.batch_length", "64"]
+TIME_IGNORED = (*RUN_LOOP_KEYS, "run.precision")  # the timing table names each side's precision
 
 
-def official_time_flags(size: str) -> list[str]:
-    """The official flags of the timing at preset `size`: its preset of that name on our TIME_BATCH."""
+def official_time_flags(size: str, obs: str, precision: str) -> list[str]:
+    """The official flags of the timing at preset `size` on `obs` observations in `precision`: its preset
+    of that name on our TIME_BATCH."""
     ours = our_config([size], TIME_BATCH)
-    flags = ["--configs", size, *OFFICIAL_CPU, "--task", f"gymnasium_{TASK_ENV_IDS[TIME_TASK]}"]
+    cpu = list(OFFICIAL_CPU)
+    cpu[cpu.index("--jax.compute_dtype") + 1] = precision
+    flags = ["--configs", size, *cpu, "--task", f"gymnasium_{TIME_ENV_IDS[obs]}"]
     B, T = ours["replay.batch_size"], ours["replay.batch_length"]
     return [*flags, "--batch_size", str(B), "--batch_length", str(T), "--logdir", "/tmp/reference_time"]
 
@@ -495,36 +512,52 @@ def json_line(command: list[str]) -> dict:
     return json.loads(next(line for line in text.splitlines() if line.startswith("{")))
 
 
-def time_round(size: str, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds per update of ours and of the official at preset `size`, each in a fresh pinned process."""
+def time_round(size: str, obs: str, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per update of ours (`ours`) and of the official in each of its precisions (`official
+    <precision>`) at preset `size` on `obs` observations, each in a fresh pinned process."""
     counts = ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    ours = [sys.executable, str(ROOT / "bench" / "update.py"), "--presets", size, "--obs", "vector"]
-    ours += ["--threads", "1", *counts, "--json", "--no-flops"]
-    theirs = launch(args, "time", counts, official_time_flags(size))
-    return {
-        "ours": json_line(pinned(args.core, ours))["total"] / 1000,
-        "official": json_line(pinned(args.core, theirs))["median_s"],
-    }
+    ours = [sys.executable, str(ROOT / "bench" / "update.py"), "--presets", size, "--obs", obs]
+    ours += ["--precision", args.precision, "--threads", "1", *counts, "--json", "--no-flops"]
+    seconds = {"ours": json_line(pinned(args.core, ours))["total"] / 1000}
+    for precision in args.official_precisions:
+        theirs = launch(args, "time", counts, official_time_flags(size, obs, precision))
+        seconds[f"official {precision}"] = json_line(pinned(args.core, theirs))["median_s"]
+    return seconds
+
+
+def machine_line(precision: str) -> str:
+    """The CPU's bf16 facts, and what our `precision` computes in on it."""
+    flags = " ".join(f for f in BF16_CPU_FLAGS if f in cpu_flags()) or "none"
+    ours = auto_precision(torch.device("cpu")).line() if precision == "auto" else f"run.precision {precision}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"CPU capability {capability}, native bf16 flags: {flags}; ours: {ours}"
 
 
 def time_main(args: argparse.Namespace) -> None:
-    """Print the settings that differ per size, then each side's median over the rounds of its median
-    seconds per update, and their ratio."""
+    """Print the machine, the settings that differ per size, each round's seconds, then per (size,
+    observation) each side's median over the rounds of its median seconds per update, and the official's
+    fastest precision over ours."""
+    print(machine_line(args.precision))
     for size in args.sizes:
-        official = json_line(launch(args, "config", [], official_time_flags(size)))
-        diffs = differences(our_config([size], TIME_BATCH), official, ignore=RUN_LOOP_KEYS)
+        official = json_line(launch(args, "config", [], official_time_flags(size, "vector", "float32")))
+        diffs = differences(our_config([size], TIME_BATCH), official, ignore=TIME_IGNORED)
         print(f"{size}: " + format_differences(diffs, UPDATE_DIFFERENCES))
-    results = {size: {"ours": [], "official": []} for size in args.sizes}
+    cases = [(size, obs) for size in args.sizes for obs in args.obs]
+    results = {case: {} for case in cases}
     for round_ in range(args.rounds):
-        for size in args.sizes:
-            for side, seconds in time_round(size, args).items():
-                results[size][side].append(seconds)
-            ours, theirs = results[size]["ours"][-1], results[size]["official"][-1]
-            print(f"round {round_ + 1} {size}: ours {ours:.3f} s, official {theirs:.3f} s", flush=True)
-    print("size      ours s/update  official s/update  official/ours  (B16 x T64, vector, 1 thread)")
-    for size, r in results.items():
-        ours, theirs = statistics.median(r["ours"]), statistics.median(r["official"])
-        print(f"{size:9s} {ours:14.3f} {theirs:18.3f} {theirs / ours:14.2f}")
+        for case in cases:
+            for side, seconds in time_round(*case, args).items():
+                results[case].setdefault(side, []).append(seconds)
+            figures = ", ".join(f"{side} {r[-1]:.3f} s" for side, r in results[case].items())
+            print(f"round {round_ + 1} {case[0]} {case[1]}: {figures}", flush=True)
+    sides = ["ours", *(f"official {p}" for p in args.official_precisions)]
+    print(f"seconds per update, B16 x T64, 1 thread, median of {args.rounds} rounds")
+    print(f"{'size':9s} {'obs':7s}" + "".join(f"{side:>19s}" for side in sides) + "  fastest official/ours")
+    for (size, obs), r in results.items():
+        medians = {side: statistics.median(r[side]) for side in sides}
+        best = min(medians[side] for side in sides[1:])
+        row = "".join(f"{medians[side]:19.3f}" for side in sides)
+        print(f"{size:9s} {obs:7s}{row}  {best / medians['ours']:21.2f}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -543,6 +576,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], help="our overrides KEY=VALUE (run.prefill=0)")
     parser.add_argument("--out", default="bench/out/reference")
     parser.add_argument("--sizes", nargs="+", default=["size1m", "size12m"], help="presets to time")
+    parser.add_argument("--obs", nargs="+", default=["vector"], choices=sorted(TIME_ENV_IDS), help="(time)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="our run.precision (time)")
+    parser.add_argument(
+        "--official-precisions",
+        nargs="+",
+        default=list(OFFICIAL_PRECISIONS),
+        choices=OFFICIAL_PRECISIONS,
+        help="the official's jax.compute_dtype values to time; the table compares its fastest (time)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds, sides alternating")
     parser.add_argument("--repeats", type=int, default=5, help="timed updates per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates per process")

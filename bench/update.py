@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import make_agent, resolve_device  # noqa: E402
+from agent.precision import auto_precision  # noqa: E402
 from configs.loader import load_config  # noqa: E402
 from envs.spaces import ActionSpace, ArraySpec  # noqa: E402
 from replay.spec import CONTEXT  # noqa: E402
@@ -269,7 +270,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="run.precision (auto: bfloat16 where the device computes it natively, else float32)",
+    )
     parser.add_argument("--compile", action="store_true", help="run.compile (use --warmup 2 or more)")
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -282,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_cpu(args.threads, args.keep_memory)
     device = resolve_device(args.device)
+    if args.precision == "auto":
+        choice = auto_precision(device)
+        print(choice.line())
+        args.precision = choice.precision
     peak = matmul_peak(device, args.precision) / 1e9
     mode = f"{args.precision}, run.compile" if args.compile else args.precision
     mode += "" if args.keep_memory else ", default malloc"
@@ -297,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
             r = bench(preset, obs, args)
             r["peak_gflops"], r["floor"] = peak, r["gflop"] / peak * 1000
             if args.json:
-                print(json.dumps({"preset": preset, "obs": obs, **r}), flush=True)
+                print(
+                    json.dumps({"preset": preset, "obs": obs, "precision": args.precision, **r}), flush=True
+                )
                 continue
             parts = " ".join(f"{r[k]:>9.0f}ms" for k in (*PARTS, "total"))
             util = f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"

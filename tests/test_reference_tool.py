@@ -158,3 +158,42 @@ def test_final_returns_of_complete_runs_against_the_official_seed_range(tmp_path
     assert line.endswith("within it")
     above = [dict(f, final=400.0) if f["side"] == "ours" else f for f in finals]
     assert reference.verdicts(above, ["cartpole"])[0].endswith("above the official's range")
+
+
+def load_bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_timing_runs_the_official_in_the_asked_precision_on_the_shapes_ours_times():
+    import gymnasium
+
+    launcher, update = load_bench_module("official_launch"), load_bench_module("update")
+    flags = reference.official_time_flags("size12m", "image", "bfloat16")
+    value = dict(zip(flags[::2], flags[1::2], strict=True))
+    assert flags.count("--jax.compute_dtype") == 1 and value["--jax.compute_dtype"] == "bfloat16"
+    assert value["--task"] == f"gymnasium_{launcher.IMAGE_ENV}" and value["--configs"] == "size12m"
+    assert value["--batch_size"] == "16" and value["--batch_length"] == "64"
+    launcher.register_image_env()
+    env = gymnasium.make(launcher.IMAGE_ENV)
+    image = update.OBS_SPACES["image"]["image"]
+    assert env.observation_space.shape == image.shape and env.observation_space.dtype == image.dtype
+    assert update.ACT_SPACE.kind == "discrete" and env.action_space.n == update.ACT_SPACE.dim
+    vector = reference.official_time_flags("size1m", "vector", "float32")
+    assert vector[vector.index("--task") + 1] == "gymnasium_CartPole-v1"
+    cartpole = gymnasium.make("CartPole-v1").observation_space
+    assert cartpole.shape == update.OBS_SPACES["vector"]["vector"].shape
+
+
+def test_the_timing_table_sets_the_fastest_official_precision_against_ours(monkeypatch, capsys):
+    seconds = {"ours": 1.0, "official float32": 6.0, "official bfloat16": 4.0}
+    monkeypatch.setattr(reference, "time_round", lambda size, obs, args: dict(seconds))
+    monkeypatch.setattr(reference, "json_line", lambda command: {})
+    args = reference.parse_args(["time", "--official-python", "python", "--sizes", "size1m", "--rounds", "2"])
+    assert args.precision == "auto" and args.official_precisions == ["float32", "bfloat16"]
+    reference.time_main(args)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("CPU capability") and "run.precision auto ->" in out[0]
+    assert out[-1].split() == ["size1m", "vector", "1.000", "6.000", "4.000", "4.00"]
