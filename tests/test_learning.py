@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET = 3000  # policy steps, prefill included
+BUDGET = 3000  # env steps (a prefill, when configured, counts in them)
 TARGET = 150.0  # mean return of the last episodes (CartPole-v1 caps at 500)
 LAST = 5
 
