@@ -1,5 +1,6 @@
 """bench/reference.py, its pure parts only (no official install needed): curves from fake run folders,
-the CSV and PNG, the official flags and the settings-difference report, and skipping finished runs."""
+the CSV and PNG, the official flags and the settings-difference report, skipping finished runs, and the
+timing's flags, shapes and table."""
 
 import argparse
 import csv
