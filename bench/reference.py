@@ -41,6 +41,7 @@ discrete actions), the sides alternating round by round in fresh processes: ours
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -403,29 +404,15 @@ def final_returns(out: Path, curves: list[dict], tasks: list[str], seeds: list[i
     """Per complete run: its mean return over the episodes logged in the last `FINAL_SHARE` of its
     budget (ours logs interval means, which are averaged as they are)."""
     finals = []
-    for side in SIDES:
-        for task in tasks:
-            for seed in seeds:
-                done = run_dir(out, side, task, seed) / DONE_FILE
-                if not done.exists():
-                    continue
-                budget = json.loads(done.read_text())["steps"]
-                key = (side, task, seed)
-                rets = [
-                    r["return"]
-                    for r in curves
-                    if (r["side"], r["task"], r["seed"]) == key and r["step"] > (1 - FINAL_SHARE) * budget
-                ]
-                if rets:
-                    finals.append(
-                        {
-                            "side": side,
-                            "task": task,
-                            "seed": seed,
-                            "budget": budget,
-                            "final": float(np.mean(rets)),
-                        }
-                    )
+    for side, task, seed in itertools.product(SIDES, tasks, seeds):
+        done = run_dir(out, side, task, seed) / DONE_FILE
+        if not done.exists():
+            continue
+        budget = json.loads(done.read_text())["steps"]
+        late = (r for r in curves if r["step"] > (1 - FINAL_SHARE) * budget)
+        rets = [r["return"] for r in late if (r["side"], r["task"], r["seed"]) == (side, task, seed)]
+        if rets:
+            finals.append(dict(side=side, task=task, seed=seed, budget=budget, final=float(np.mean(rets))))
     return finals
 
 
